@@ -1,0 +1,1 @@
+"""PyTorch training with per-layer probes (in progress)."""

@@ -1,0 +1,279 @@
+"""Parameters of one spring-block chain (SPEC §2), as a frozen, validated dataclass.
+
+Symbols follow the paper (Shi, Pan & Dokmanic 2025) and SPEC §2:
+
+=================  =========================================================================
+field              meaning
+=================  =========================================================================
+``n_blocks``       L, number of blocks = number of hidden layers
+``k``              spring stiffness; scalar or one value per spring (L + 1: spring i joins
+                   block i-1 and block i, spring 1 is tied to the wall, spring L+1 to y)
+``mu_forward``     mu->, friction threshold against motion toward the anchor (scalar or (L,))
+``mu_backward``    mu<-, friction threshold against motion toward the wall (scalar or (L,))
+``eps``            noise amplitude epsilon (force units in the first-order model; the
+                   coefficient of dW in the second-order model)
+``lam``            noise decay rate lambda: eps(t) = eps * exp(-lam * t)
+``noise``          ``"independent"`` (one N(0,1) per block and step) or ``"shared"`` (one
+                   draw per step for all blocks, as in one of the original notebooks)
+``eta``            time step: eta of the overdamped update, dt of the Langevin integrator
+``y``              anchor position (the target pulling the last spring)
+``order``          1 = overdamped (SPEC §2.2), 2 = Langevin (SPEC §2.3)
+``n_steps``        number of time steps; simulation time t = step * eta
+``m``, ``gamma``   mass and viscous damping (second order only)
+``kappa``          on-site pinning stiffness kappa_i >= 0 (scalar or (L,)); force
+                   -kappa_i (x_i - pin_position_i)
+``pin_position``   rest positions a_i of the pinning springs (scalar or (L,))
+=================  =========================================================================
+
+Defaults are those of the original first-order experiment (L = 7, y = 1, k = 1, eta = 0.01,
+eps = 0.1, mu-> = mu<- = 0.1, 10 000 steps); :meth:`ChainParams.second_order_original` gives the
+original Langevin notebook's values.
+
+Stability (checked on construction). Let ``lambda_G = max_i (2 (k_i + k_{i+1}) + kappa_i)``, a
+Gershgorin bound on the largest eigenvalue of the stiffness matrix (= 4 k for uniform k, no
+pinning). First order: ``eta * lambda_G >= 2`` is rejected (the explicit update of the fastest
+mode can diverge; this is the SPEC's eta * max k * 4 >= 2); above ``eta * lambda_G > 1`` a
+``RuntimeWarning`` is issued (the fastest mode overshoots, alternating in sign every step).
+Energy descent without noise holds whenever ``eta * lambda_max < 2`` (see :mod:`springblock.theory`).
+Second order (semi-implicit Euler): ``eta^2 * lambda_G / m >= 4`` or ``eta * gamma / m >= 2``
+is rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ChainParams", "NOISE_MODES"]
+
+NOISE_MODES = ("independent", "shared")
+
+ArrayLike = float | tuple
+
+
+def _per(name, value, n, *, positive=False, nonneg=False):
+    """Normalise a scalar-or-array field: a float, or a tuple of n floats. Raise naming the field."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        vals = [float(arr)]
+        out = float(arr)
+    elif arr.ndim == 1:
+        if arr.shape[0] != n:
+            raise ValueError(f"ChainParams.{name} must be a scalar or have {n} entries, got {arr.shape[0]}")
+        vals = arr.tolist()
+        out = tuple(vals)
+    else:
+        raise ValueError(f"ChainParams.{name} must be a scalar or 1-D, got shape {arr.shape}")
+    for i, v in enumerate(vals):
+        where = "" if arr.ndim == 0 else f"[{i}]"
+        if not math.isfinite(v):
+            raise ValueError(f"ChainParams.{name}{where} must be finite, got {v!r}")
+        if positive and v <= 0:
+            raise ValueError(f"ChainParams.{name}{where} must be > 0, got {v!r}")
+        if nonneg and v < 0:
+            raise ValueError(f"ChainParams.{name}{where} must be >= 0, got {v!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ChainParams:
+    """One chain's parameters (see the module docstring for every symbol).
+
+    Scalars broadcast; array-valued fields are stored as tuples so the object stays hashable.
+    Use :func:`dataclasses.replace` (or :meth:`replace`) for variants; :meth:`grid` for a whole
+    parameter grid.
+
+    Raises
+    ------
+    ValueError
+        naming the offending field and value (negative friction, negative noise, L < 1,
+        an unstable time step, an unknown noise mode, ...).
+    """
+
+    n_blocks: int = 7  # L: blocks = hidden layers of the network
+    k: ArrayLike = 1.0  # spring stiffness (scalar or L+1 values)
+    mu_forward: ArrayLike = 0.1  # mu->: threshold against moving toward the anchor
+    mu_backward: ArrayLike = 0.1  # mu<-: threshold against moving toward the wall
+    eps: float = 0.1  # noise amplitude
+    lam: float = 0.0  # noise decay rate: eps(t) = eps exp(-lam t)
+    noise: str = "independent"  # "independent" per block, or "shared" by all blocks
+    eta: float = 0.01  # time step (eta first order, dt second order)
+    y: float = 1.0  # anchor position
+    order: int = 1  # 1 overdamped, 2 Langevin
+    n_steps: int = 10_000  # time steps; t = step * eta
+    m: float = 1.0  # mass (second order)
+    gamma: float = 1.0  # viscous damping (second order)
+    kappa: ArrayLike = 0.0  # on-site pinning stiffness (scalar or L values)
+    pin_position: ArrayLike = 0.0  # pinning rest positions a_i (scalar or L values)
+
+    def __post_init__(self):
+        L = self.n_blocks
+        if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1:
+            raise ValueError(f"ChainParams.n_blocks must be an integer >= 1, got {L!r}")
+        object.__setattr__(self, "n_blocks", int(L))
+        if self.order not in (1, 2):
+            raise ValueError(f"ChainParams.order must be 1 (overdamped) or 2 (Langevin), got {self.order!r}")
+        n = self.n_steps
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"ChainParams.n_steps must be an integer >= 1, got {n!r}")
+        object.__setattr__(self, "n_steps", int(n))
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"ChainParams.noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        set_ = lambda f, v: object.__setattr__(self, f, v)  # noqa: E731
+        set_("k", _per("k", self.k, L + 1, positive=True))
+        set_("mu_forward", _per("mu_forward", self.mu_forward, L, nonneg=True))
+        set_("mu_backward", _per("mu_backward", self.mu_backward, L, nonneg=True))
+        set_("kappa", _per("kappa", self.kappa, L, nonneg=True))
+        set_("pin_position", _per("pin_position", self.pin_position, L))
+        for name, kw in (("eps", {"nonneg": True}), ("lam", {"nonneg": True}), ("eta", {"positive": True}),
+                         ("y", {}), ("m", {"positive": True}), ("gamma", {"nonneg": True})):
+            v = getattr(self, name)
+            if np.ndim(v) != 0:
+                raise ValueError(f"ChainParams.{name} must be a scalar, got {v!r}")
+            set_(name, _per(name, v, 1, **kw))
+        self._check_stability()
+
+    # ------------------------------------------------------------------ arrays
+    @property
+    def k_array(self) -> np.ndarray:
+        """Spring stiffnesses, shape ``(L + 1,)``."""
+        return np.broadcast_to(np.asarray(self.k, dtype=np.float64), (self.n_blocks + 1,)).copy()
+
+    def _block_array(self, name) -> np.ndarray:
+        return np.broadcast_to(np.asarray(getattr(self, name), dtype=np.float64), (self.n_blocks,)).copy()
+
+    @property
+    def mu_forward_array(self) -> np.ndarray:
+        """mu-> per block, shape ``(L,)``."""
+        return self._block_array("mu_forward")
+
+    @property
+    def mu_backward_array(self) -> np.ndarray:
+        """mu<- per block, shape ``(L,)``."""
+        return self._block_array("mu_backward")
+
+    @property
+    def kappa_array(self) -> np.ndarray:
+        """On-site pinning stiffness per block, shape ``(L,)``."""
+        return self._block_array("kappa")
+
+    @property
+    def pin_array(self) -> np.ndarray:
+        """Pinning rest positions per block, shape ``(L,)``."""
+        return self._block_array("pin_position")
+
+    @property
+    def frictionless(self) -> bool:
+        return not (np.any(self.mu_forward_array > 0) or np.any(self.mu_backward_array > 0))
+
+    def stiffness_matrix(self) -> np.ndarray:
+        """``K`` with ``F = -K x + b`` for the spring (and pinning) forces, shape ``(L, L)``.
+
+        ``K = tridiag(-k_i, k_i + k_{i+1} + kappa_i, -k_{i+1})`` (``k T`` for uniform k).
+        """
+        k = self.k_array
+        K = np.diag(k[:-1] + k[1:] + self.kappa_array)
+        i = np.arange(self.n_blocks - 1)
+        K[i, i + 1] = -k[1:-1]
+        K[i + 1, i] = -k[1:-1]
+        return K
+
+    def load_vector(self) -> np.ndarray:
+        """``b`` with ``F = -K x + b``: the anchor pull ``k_{L+1} y`` on the last block and ``kappa_i a_i``."""
+        b = self.kappa_array * self.pin_array
+        b[-1] += self.k_array[-1] * self.y
+        return b
+
+    # ------------------------------------------------------------------ checks
+    def _check_stability(self):
+        k = self.k_array
+        lam_g = float(np.max(2.0 * (k[:-1] + k[1:]) + self.kappa_array))
+        if self.order == 1:
+            r = self.eta * lam_g
+            if r >= 2.0:
+                raise ValueError(
+                    f"ChainParams.eta={self.eta!r} is unstable for the overdamped update: "
+                    f"eta * max_i(2(k_i + k_(i+1)) + kappa_i) = {r:.4g} >= 2 (for uniform k: need eta * k < 1/2)"
+                )
+            if r > 1.0:
+                warnings.warn(
+                    f"ChainParams.eta={self.eta!r}: eta * lambda_G = {r:.3g} > 1, the fastest mode "
+                    "overshoots and alternates in sign each step",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        else:
+            r = self.eta**2 * lam_g / self.m
+            if r >= 4.0:
+                raise ValueError(
+                    f"ChainParams.eta={self.eta!r} (dt) is unstable for the Langevin integrator: "
+                    f"dt^2 * lambda_G / m = {r:.4g} >= 4"
+                )
+            if self.eta * self.gamma / self.m >= 2.0:
+                raise ValueError(
+                    f"ChainParams.eta={self.eta!r} (dt) is unstable for the damping: "
+                    f"dt * gamma / m = {self.eta * self.gamma / self.m:.4g} >= 2"
+                )
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **changes) -> ChainParams:
+        """``dataclasses.replace`` with validation."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        return {key: (list(v) if isinstance(v, tuple) else v) for key, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChainParams:
+        """Inverse of :meth:`to_dict`; unknown keys raise naming the key."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ChainParams field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @property
+    def time(self) -> float:
+        """Total simulation time ``n_steps * eta``."""
+        return self.n_steps * self.eta
+
+    @classmethod
+    def first_order_original(cls, **changes) -> ChainParams:
+        """The original first-order experiment (L=7, y=1, k=1, eta=0.01, eps=0.1, mu=0.1, 10 000 steps)."""
+        return cls(**changes)
+
+    @classmethod
+    def second_order_original(cls, **changes) -> ChainParams:
+        """The original Langevin notebook: L=7, m=1, gamma=1, k=0.1, eps=0.003, lam=0.001,
+        dt=0.05, T=700 (14 000 steps), mu->=0.003, mu<-=0.004, shared noise, from rest."""
+        base = dict(order=2, n_blocks=7, m=1.0, gamma=1.0, k=0.1, eps=0.003, lam=0.001, eta=0.05,
+                    n_steps=14_000, mu_forward=0.003, mu_backward=0.004, noise="shared", y=1.0)
+        base.update(changes)
+        return cls(**base)
+
+    @staticmethod
+    def grid(base: ChainParams, **axes) -> np.ndarray:
+        """Outer product of parameter values: an object array of ``ChainParams``.
+
+        ``ChainParams.grid(base, mu_forward=[...], eps=[...])`` has shape
+        ``(len(mu_forward), len(eps))``, axes in keyword order.
+        """
+        if not axes:
+            raise ValueError("ChainParams.grid needs at least one axis, e.g. eps=[0.01, 0.1]")
+        names = list(axes)
+        values = [list(np.atleast_1d(np.asarray(axes[n], dtype=object))) for n in names]
+        for n, v in zip(names, values, strict=True):
+            if len(v) == 0:
+                raise ValueError(f"ChainParams.grid axis {n!r} is empty")
+        shape = tuple(len(v) for v in values)
+        out = np.empty(shape, dtype=object)
+        for idx in np.ndindex(*shape):
+            changes = {n: values[a][i] for a, (n, i) in enumerate(zip(names, idx, strict=True))}
+            out[idx] = dataclasses.replace(base, **changes)
+        return out

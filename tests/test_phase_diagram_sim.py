@@ -1,0 +1,60 @@
+"""The simulated phase diagram: presets, the three regimes, figures and the CLI."""
+
+import numpy as np
+import pytest
+
+from phase_diagrams.__main__ import main
+from phase_diagrams.simulated import (
+    DiagramSpec,
+    friction_for,
+    plot_curvature_heatmap,
+    plot_load_curve_grid,
+    simulate_diagram,
+)
+from springblock import ChainParams
+
+
+def test_friction_presets():
+    assert friction_for("scale-both", 0.0) == (0.1, 0.2) and friction_for("scale-both", 1.0) == (0.0, 0.0)
+    assert friction_for("vary-forward", 1.0) == (0.0, 0.1) and friction_for("vary-forward", 0.0) == (0.1, 0.1)
+    assert friction_for("vary-asymmetry", 0.0) == (0.1, 0.1) and friction_for("vary-asymmetry", 1.0) == (0.1, 0.2)
+    with pytest.raises(ValueError, match="unknown friction preset 'nope'"):
+        friction_for("nope", 0.5)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        friction_for("scale-both", 1.5)
+
+
+def test_diagram_shows_three_regimes_where_the_theory_puts_them():
+    spec = DiagramSpec(preset="vary-forward", alphas=(0.0, 1.0), noises=(0.3, 0.01),
+                       base=ChainParams(n_steps=5000), n_chains=64)
+    df = simulate_diagram(spec).set_index(["alpha", "noise"])
+    assert df.loc[(0.0, 0.01), "regime"] == "concave"  # ReLU-like friction, weak noise: pulled profile
+    assert df.loc[(0.0, 0.3), "regime"] == "linear"  # symmetric friction, strong noise
+    assert df.loc[(1.0, 0.3), "regime"] == "convex"  # asymmetric friction, strong noise: ratchet
+    # sum of loads telescopes to y - (y - x_L) = x_L for every cell
+    for _, r in df.iterrows():
+        assert np.isclose(np.sum(r["loads"]), r["curve"][0] - r["curve"][-1])
+    fig = plot_load_curve_grid(df.reset_index())
+    assert len(fig.axes) == 5  # 4 cells + colour bar
+    assert plot_curvature_heatmap(df.reset_index()).axes
+
+
+def test_cli_writes_figures(tmp_path, capsys):
+    rc = main(["simulate", "--preset", "scale-both", "--out", str(tmp_path), "--chains", "8", "--steps", "500"])
+    assert rc == 0
+    for name in ("simulated_scale-both_curves.png", "simulated_scale-both_curvature.pdf", "simulated_diagrams.csv"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert main(["simulate", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown friction preset" in capsys.readouterr().err
+
+
+def test_springblock_cli(capsys):
+    from springblock.cli import main as sb_main
+
+    assert sb_main(["simulate", "--chains", "50", "--steps", "2000", "--eps", "0", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(out["elongations"], [0, 0, 0, 0, 0.1, 0.2, 0.3, 0.4], atol=2e-3)
+    assert out["regime"] == "concave"
+    assert sb_main(["simulate", "--mu-forward", "-1"]) == 2

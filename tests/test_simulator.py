@@ -1,0 +1,85 @@
+"""Kernels against the slow reference, and the invariances of the batched/parallel paths."""
+
+import numba
+import numpy as np
+import pytest
+
+from springblock import ChainParams, simulate, standard_normals
+from springblock import _reference as ref
+
+CASES = [
+    ChainParams(n_steps=400, mu_backward=0.15),
+    ChainParams(n_steps=400, noise="shared", lam=0.3, kappa=0.2, pin_position=0.3, k=np.linspace(1, 1.3, 8)),
+    ChainParams(n_steps=400, eps=0.0, mu_forward=np.linspace(0.01, 0.1, 7), y=0.7),
+    ChainParams.second_order_original(n_steps=600),
+    ChainParams.second_order_original(n_steps=600, noise="independent", eps=0.05, kappa=0.01),
+]
+
+
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise}-eps{p.eps}")
+def test_kernel_equals_reference(params):
+    res = simulate(params, n_chains=3, seed=11, record_every=37)
+    for c in range(3):
+        z = standard_normals(res.seeds[c], ref.n_normals(params))
+        if params.order == 1:
+            x, tr = ref.first_order(params, z, record_every=37)
+        else:
+            x, v, tr = ref.second_order(params, z, record_every=37)
+            np.testing.assert_allclose(res.v[c], v, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.x[c], x, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.traj[c], tr, rtol=0, atol=1e-12)
+    assert list(res.steps) == list(range(0, params.n_steps + 1, 37))
+
+
+def test_numpy_batch_reference_equals_kernel_on_same_noise():
+    p = ChainParams(n_steps=200, mu_backward=0.2)
+    res = simulate(p, n_chains=4, seed=3)
+    noise = np.stack([standard_normals(s, ref.n_normals(p)).reshape(p.n_steps, p.n_blocks) for s in res.seeds], 1)
+    np.testing.assert_allclose(ref.numpy_batch_first_order(p, 4, noise=noise), res.x, rtol=0, atol=1e-12)
+
+
+def test_serial_parallel_and_thread_count_identical():
+    grid = ChainParams.grid(ChainParams(n_steps=300), mu_backward=[0.1, 0.2], eps=[0.05, 0.2])
+    a = simulate(grid, n_chains=50, seed=5, parallel=True)
+    b = simulate(grid, n_chains=50, seed=5, parallel=False)
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        c = simulate(grid, n_chains=50, seed=5, parallel=True)
+    finally:
+        numba.set_num_threads(n)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.x, c.x)
+
+
+def test_batched_grid_equals_points_one_by_one():
+    grid = ChainParams.grid(ChainParams(n_steps=300), mu_forward=[0.0, 0.05, 0.1], eps=[0.02, 0.3])
+    res = simulate(grid, n_chains=20, seed=9, record_every=100)
+    assert res.x.shape == (3, 2, 20, 7) and res.traj.shape == (3, 2, 20, 4, 7)
+    for idx in np.ndindex(3, 2):
+        one = simulate(grid[idx], n_chains=20, seed=9, record_every=100)
+        assert np.array_equal(res.x[idx], one.x) and np.array_equal(res.traj[idx], one.traj)
+
+
+def test_seeds_change_results_and_independent_streams_differ():
+    p = ChainParams(n_steps=200)
+    assert not np.array_equal(simulate(p, 5, seed=1).x, simulate(p, 5, seed=2).x)
+    grid = np.array([p, p], dtype=object)
+    crn = simulate(grid, 5, seed=1)
+    ind = simulate(grid, 5, seed=1, common_random_numbers=False)
+    assert np.array_equal(crn.x[0], crn.x[1]) and not np.array_equal(ind.x[0], ind.x[1])
+
+
+def test_initial_state_and_mismatched_grid_errors():
+    p = ChainParams(n_steps=10, eps=0.0, mu_forward=10.0, mu_backward=10.0)
+    x0 = np.linspace(0.1, 0.7, 7)
+    assert np.array_equal(simulate(p, 2, x0=x0).x[1], x0)
+    with pytest.raises(ValueError, match="n_blocks"):
+        simulate([ChainParams(), ChainParams(n_blocks=5)], 2)
+    with pytest.raises(ValueError, match="x0"):
+        simulate(p, 2, x0=np.zeros(3))
+    with pytest.raises(ValueError, match="n_chains"):
+        simulate(p, 0)
+    with pytest.raises(ValueError, match="record_every"):
+        simulate(p, 2, record_every=0)
+    with pytest.raises(ValueError, match="seed"):
+        simulate(p, 2, seed=-1)
