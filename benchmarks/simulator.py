@@ -24,8 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from springblock import ChainParams, chain_seeds, simulate
-from springblock._reference import numpy_batch_first_order
 from springblock._kernels import BLOCK_STEPS, fill_block
+from springblock._reference import numpy_batch_first_order
 from springblock._rng import ZIGGURAT, seed_state
 
 

@@ -35,6 +35,36 @@ def fill_block(buf, n, s0, s1, s2, s3, zk, zw, zf):
     return s0, s1, s2, s3
 
 
+@njit(inline="always")
+def _padded_buffers(xj, yp, tj):
+    """Old/new position buffers ``[0, x_1..x_L, y]``; writes the step-0 record if recording."""
+    L = xj.shape[0]
+    xa = np.empty(L + 2)
+    xb = np.empty(L + 2)
+    xa[0] = 0.0
+    xb[0] = 0.0
+    xa[L + 1] = yp
+    xb[L + 1] = yp
+    for i in range(L):
+        xa[i + 1] = xj[i]
+        if tj.shape[0] > 0:
+            tj[0, i] = xj[i]
+    return xa, xb
+
+
+@njit(inline="always")
+def _record(tj, rec, countdown, record_every, xa):
+    """Count one step down; every ``record_every`` steps copy the positions into ``tj[rec]``."""
+    countdown -= 1
+    if countdown == 0:
+        countdown = record_every
+        if rec < tj.shape[0]:
+            for i in range(tj.shape[1]):
+                tj[rec, i] = xa[i + 1]
+            rec += 1
+    return rec, countdown
+
+
 @njit(cache=True)
 def _chain_first_order(xj, tj, seed, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_steps, record_every, zk, zw, zf):
     """One overdamped chain, in place: ``xj`` (L,) positions, ``tj`` (R, L) trajectory rows.
@@ -46,23 +76,12 @@ def _chain_first_order(xj, tj, seed, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_s
     ~15 % faster than drawing inside the update loop.
     """
     L = xj.shape[0]
-    n_rec = tj.shape[0]
     noisy = e0 != 0.0
     n_draw = 1 if sh else L  # normals per step
     stride = 0 if sh else 1  # block i reads zb[i * stride]: shared noise reads zb[0]
     s0, s1, s2, s3 = seed_state(seed)
-    xa = np.empty(L + 2)  # old positions, padded with the wall (0) and the anchor (y)
-    xb = np.empty(L + 2)  # new positions
+    xa, xb = _padded_buffers(xj, yp, tj)  # old / new positions, padded with the wall and y
     zb = np.zeros(BLOCK_STEPS * n_draw)  # normals of the next BLOCK_STEPS steps
-    xa[0] = 0.0
-    xb[0] = 0.0
-    xa[L + 1] = yp
-    xb[L + 1] = yp
-    for i in range(L):
-        xa[i + 1] = xj[i]
-    if n_rec > 0:
-        for i in range(L):
-            tj[0, i] = xj[i]
     rec = 1
     countdown = record_every  # steps until the next record (no modulo in the loop)
     e_t = e0
@@ -84,13 +103,7 @@ def _chain_first_order(xj, tj, seed, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_s
                 mv = max(abs(f) - th, 0.0)
                 xb[i + 1] = xo + h * math.copysign(mv, f)
             xa, xb = xb, xa
-            countdown -= 1
-            if countdown == 0:
-                countdown = record_every
-                if rec < n_rec:
-                    for i in range(L):
-                        tj[rec, i] = xa[i + 1]
-                    rec += 1
+            rec, countdown = _record(tj, rec, countdown, record_every, xa)
         step += nb
     for i in range(L):
         xj[i] = xa[i + 1]
@@ -117,24 +130,13 @@ def _chain_second_order(xj, vj, tj, seed, kp, mf, mb, kap, pn, e0, lm, h, yp, sh
     """One Langevin chain, in place: ``xj``, ``vj`` (L,), ``tj`` (R, L). Same two-pass layout as
     :func:`_chain_first_order`; velocities are updated in place (each depends only on itself)."""
     L = xj.shape[0]
-    n_rec = tj.shape[0]
     noisy = e0 != 0.0
     n_draw = 1 if sh else L  # normals per step
     stride = 0 if sh else 1  # block i reads zb[i * stride]: shared noise reads zb[0]
     sq = math.sqrt(h)
     s0, s1, s2, s3 = seed_state(seed)
-    xa = np.empty(L + 2)
-    xb = np.empty(L + 2)
+    xa, xb = _padded_buffers(xj, yp, tj)
     zb = np.zeros(BLOCK_STEPS * n_draw)
-    xa[0] = 0.0
-    xb[0] = 0.0
-    xa[L + 1] = yp
-    xb[L + 1] = yp
-    for i in range(L):
-        xa[i + 1] = xj[i]
-    if n_rec > 0:
-        for i in range(L):
-            tj[0, i] = xj[i]
     rec = 1
     countdown = record_every
     e_t = e0
@@ -158,13 +160,7 @@ def _chain_second_order(xj, vj, tj, seed, kp, mf, mb, kap, pn, e0, lm, h, yp, sh
                 vj[i] = vn
                 xb[i + 1] = xo + h * vn
             xa, xb = xb, xa
-            countdown -= 1
-            if countdown == 0:
-                countdown = record_every
-                if rec < n_rec:
-                    for i in range(L):
-                        tj[rec, i] = xa[i + 1]
-                    rec += 1
+            rec, countdown = _record(tj, rec, countdown, record_every, xa)
         step += nb
     for i in range(L):
         xj[i] = xa[i + 1]
