@@ -1,0 +1,115 @@
+"""Benchmark of batched network training (SPEC §6), ratios measured side by side in one run.
+
+    python -m benchmarks.training [--threads 1] [--members 12] [--quick]
+
+Prints a table with
+
+1. **Ensemble FLOP/s vs a large matmul.** A float32 ``n × n`` matrix product (``n = 2048``)
+   sets the machine's practical peak on the same threads. The ensemble path
+   (:func:`nets.train.train_ensemble`) trains ``E`` original-protocol MLPs (7 × 100, 10×10
+   MNIST, full batch of 2560, Adam) and its rate is counted as
+
+       FLOPs per epoch = 3 × 2 × Σ_layers (d_in · d_out) × N_train × E
+
+   (forward matmuls, and twice that for the backward pass: gradients with respect to inputs and
+   to weights; BatchNorm, activations and the optimiser are not counted). The wall time per epoch
+   is the difference of two runs of ``e1`` and ``e2`` epochs, so data loading, the final probe
+   and the test accuracy cancel. Target ratio ≥ 0.4.
+2. **Ensemble vs one by one on small batches.** The batch-size panel's smallest batches
+   (``batch_size = 10``, one epoch = 256 Adam steps on 2560 images): ``E`` networks (α in
+   {0, 0.2, …, 1} × seeds) trained as one ensemble vs the same networks trained one after
+   another with :func:`nets.train.train`; wall time of the whole runs (final probe and test
+   accuracy included). Target ≥ 5×.
+
+Expected runtime: ~3 minutes on 2 CPU cores with ``--threads 1`` (``--quick``: ~1 minute).
+Needs MNIST in the cache (``python -m nets fetch mnist``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from nets.data import load_dataset
+from nets.train import TrainConfig, config_grid, train, train_ensemble
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best-of-``reps`` float32 GFLOP/s of an ``n × n`` by ``n × n`` product (2 n³ FLOPs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def mlp_train_flops_per_sample(in_dim=100, width=100, depth=7, n_classes=10) -> float:
+    """3 × forward matmul FLOPs of one sample (see module docstring)."""
+    macs = in_dim * width + (depth - 1) * width * width + width * n_classes
+    return 3.0 * 2.0 * macs
+
+
+def ensemble_gflops(members: int, e1: int, e2: int, dataset) -> float:
+    """Achieved training GFLOP/s of ``members`` original MLPs trained as one ensemble."""
+    cfgs = config_grid(TrainConfig(probe_every=0), alpha=[i / max(members - 1, 1) for i in range(members)])
+    times = []
+    for epochs in (e1, e2):
+        run = [c.replace(epochs=epochs) for c in cfgs]
+        t0 = time.perf_counter()
+        train_ensemble(run, dataset=dataset)
+        times.append(time.perf_counter() - t0)
+    per_epoch = (times[1] - times[0]) / (e2 - e1)
+    flops = mlp_train_flops_per_sample() * len(dataset.y_train) * members
+    return flops / per_epoch / 1e9
+
+
+def small_batch_speedup(members: int, dataset, batch_size: int = 10) -> tuple[float, float]:
+    """Wall time (s) of ``members`` bs-10 networks, one by one and as one ensemble."""
+    alphas = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    seeds = list(range(1, (members + len(alphas) - 1) // len(alphas) + 1))
+    cfgs = config_grid(TrainConfig(batch_size=batch_size, epochs=1, probe_every=0),
+                       seed=seeds, alpha=alphas)[:members]
+    t0 = time.perf_counter()
+    for c in cfgs:
+        train(c, dataset=dataset)
+    one_by_one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_ensemble(cfgs, dataset=dataset)
+    ensemble = time.perf_counter() - t0
+    return one_by_one, ensemble
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--members", type=int, default=12, help="ensemble size (default 12)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs and members")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    members = 6 if args.quick else args.members
+    ds = load_dataset("mnist")  # original protocol: 2560 images, 10x10, full test set
+
+    peak = matmul_gflops()
+    e1, e2 = (1, 3) if args.quick else (2, 8)
+    ens = ensemble_gflops(members, e1, e2, ds)
+    one, batched = small_batch_speedup(members, ds)
+
+    print(f"device: CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+          f"ensemble of {members} MLPs (7 x 100, 10x10 MNIST, N = 2560)")
+    print(f"{'measurement':58s} {'value':>12s} {'ratio':>8s} {'target':>7s}")
+    print(f"{'large matmul 2048^3 float32 (baseline)':58s} {peak:9.1f} GF/s {1.0:8.2f}")
+    print(f"{'ensemble training, full batch 2560 (3 x fwd matmul FLOPs)':58s} {ens:9.1f} GF/s "
+          f"{ens / peak:8.2f} {'>= 0.4':>7s}")
+    print(f"{'one by one, batch 10, 1 epoch (256 steps), wall':58s} {one:10.1f} s  {1.0:8.2f}")
+    print(f"{'ensemble, batch 10, 1 epoch (256 steps), wall':58s} {batched:10.1f} s  "
+          f"{one / batched:8.2f} {'>= 5':>7s}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
