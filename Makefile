@@ -1,5 +1,6 @@
 # Two entry points for a new machine (each does its own set-up from nothing):
-#   make run    -> the main job: the default simulated phase diagram (figures/ + results)
+#   make run    -> the main job: a reduced label-noise panel on real MNIST + its spring-block
+#                  counterpart + figures + comparison (figures/, store out/runs.sqlite)
 #   make test   -> the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= data
 MNIST  := $(DATA)/mnist.npz
 
-.PHONY: setup data run test test-all bench lint clean
+.PHONY: setup data run simulate test test-all bench lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,10 @@ $(MNIST): | $(STAMP)
 data: $(MNIST)
 
 run: setup data
-	SPRINGBLOCK_DATA=$(abspath $(DATA)) $(PY) -m phase_diagrams simulate --out figures
+	SPRINGBLOCK_DATA=$(abspath $(DATA)) $(PY) -m phase_diagrams run --store out/runs.sqlite --out figures
+
+simulate: setup
+	$(PY) -m phase_diagrams simulate --out figures
 
 test: setup data
 	SPRINGBLOCK_DATA=$(abspath $(DATA)) $(PY) -m pytest -q
@@ -36,6 +40,7 @@ test-all: setup data
 
 bench: setup data
 	SPRINGBLOCK_DATA=$(abspath $(DATA)) $(PY) -m benchmarks.simulator
+	SPRINGBLOCK_DATA=$(abspath $(DATA)) $(PY) -m benchmarks.training
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -48,22 +48,11 @@ __all__ = [
 RCOND = 1e-6
 
 
-def _prepare(features, labels, n_classes):
-    """Validate; return float64 tensor H (N, p) on the features' device, labels (N,), K, counts."""
-    if isinstance(features, torch.Tensor):
-        h = features.detach()
-    else:
-        h = torch.from_numpy(np.array(features, copy=True))
-    if h.dim() == 1:
-        h = h[:, None]
-    if h.dim() > 2:
-        h = h.reshape(h.shape[0], -1)
-    if h.dim() != 2 or h.shape[0] == 0:
-        raise ValueError(f"features must be (N, p), got shape {tuple(np.shape(features))}")
-    h = h.to(torch.float64)
+def _check_labels(labels, n: int, n_classes):
+    """Validate labels for ``n`` samples; return labels (N,) int64 array, K, class counts."""
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if y.ndim != 1 or len(y) != h.shape[0]:
-        raise ValueError(f"labels must be 1-D of length N={h.shape[0]}, got shape {y.shape}")
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"labels must be 1-D of length N={n}, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     y = y.astype(np.int64)
@@ -78,23 +67,25 @@ def _prepare(features, labels, n_classes):
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         raise ValueError(f"class(es) {empty.tolist()} have no samples among the {len(y)} given")
-    n = len(y)
     if n <= k:
         raise ValueError(f"need more samples than classes, got N={n} <= K={k}")
-    if not bool(torch.isfinite(h).all()):
-        raise ValueError("features contain non-finite values (NaN or inf)")
-    return h, torch.from_numpy(y).to(h.device), k, torch.from_numpy(counts).to(h.device, torch.float64)
+    return y, k, counts
 
 
-def _scatter(h, y, k, counts):
-    """``M`` (p, K) and residuals ``R`` (N, p), float64 tensors."""
-    n = h.shape[0]
-    sums = torch.zeros(k, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, y, h)
-    means = sums / counts[:, None]
-    gmean = h.mean(dim=0)
-    m = ((means - gmean) * torch.sqrt(counts / n)[:, None]).T
-    r = h - means[y]
-    return m, r
+def _as_tensor(features) -> torch.Tensor:
+    if isinstance(features, torch.Tensor):
+        return features.detach()
+    return torch.from_numpy(np.asarray(features))
+
+
+def _single(features) -> torch.Tensor:
+    """One feature set as ``(1, N, p)`` (its own dtype and device)."""
+    h = _as_tensor(features)
+    if h.dim() == 1:
+        h = h[:, None]
+    if h.dim() < 2 or h.shape[0] == 0:
+        raise ValueError(f"features must be (N, p), got shape {tuple(np.shape(features))}")
+    return h.reshape(1, h.shape[0], -1)
 
 
 def _validate_rcond(rcond):
@@ -102,19 +93,71 @@ def _validate_rcond(rcond):
         raise ValueError(f"rcond must be in (0, 1), got {rcond!r}")
 
 
-def _log(d: float) -> float:
-    with np.errstate(divide="ignore"):
-        return float(np.log(d))
+#: Rows of a float64 chunk are chosen so that one ``(E, rows, p)`` chunk holds about this many
+#: values (~4 MB): the per-chunk temporaries stay in cache instead of allocating ``E × N × p``.
+_CHUNK_VALUES = 1 << 19
 
 
-def _log_d(m, r, rcond) -> float:
-    """``log((1/N) ‖R U_r S_r⁻¹‖²_F)`` over the singular values ``s > rcond s_max`` of M."""
-    u, s, _ = torch.linalg.svd(m, full_matrices=False)
-    if float(s[0]) == 0.0:
-        return float("nan")
-    keep = s > rcond * s[0]
-    z = r @ (u[:, keep] / s[keep])
-    return _log(float((z * z).sum()) / r.shape[0])
+def _stats(h: torch.Tensor, labels, n_classes, rcond: float):
+    """``D`` and the traces for ``E`` feature sets ``h`` ``(E, N, p)`` sharing one label vector.
+
+    Two passes over ``N`` in chunks converted to float64: class sums, then the within-class
+    residuals ``R`` of the chunk (never all of ``R`` at once), accumulating
+    ``tr Σ_w = ‖R‖²_F / N`` and ``D = ‖R U S⁻¹‖²_F / N``. Returns float64 tensors ``(E,)``
+    ``(D, tr Σ_w, tr Σ_b, finite, s_max)`` where ``finite`` flags sets with finite features.
+    """
+    e, n, p = h.shape
+    dev = h.device
+    y_np, k, counts_np = _check_labels(labels, n, n_classes)
+    y = torch.from_numpy(y_np).to(dev)
+    counts = torch.from_numpy(counts_np).to(dev, torch.float64)
+    rows = max(1, _CHUNK_VALUES // max(1, e * p))
+    spans = [(a, min(n, a + rows)) for a in range(0, n, rows)]
+    sums = torch.zeros(e, k, p, dtype=torch.float64, device=dev)
+    for a, b in spans:
+        sums.index_add_(1, y[a:b], h[:, a:b].to(torch.float64))
+    # A set has a non-finite feature iff its float64 class sums do (no finite float32 sum
+    # overflows in float64): cheaper than scanning the features. Such sets are zeroed before the
+    # SVD and reported as NaN; the others are unaffected.
+    finite = torch.isfinite(sums).reshape(e, -1).all(1)
+    if not bool(finite.all()):
+        sums = torch.where(finite[:, None, None], sums, torch.zeros((), dtype=sums.dtype, device=dev))
+    means = sums / counts[:, None]  # (E, K, p)
+    gmean = sums.sum(1, keepdim=True) / n
+    m = ((means - gmean) * torch.sqrt(counts / n)[:, None]).transpose(1, 2)  # (E, p, K)
+    u, sv, _ = torch.linalg.svd(m, full_matrices=False)  # (E, p, r), (E, r)
+    keep = sv > rcond * sv[:, :1]
+    inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+    proj = u * inv[:, None, :]  # (E, p, r): columns U_r S_r^-1
+    tw = torch.zeros(e, dtype=torch.float64, device=dev)
+    d = torch.zeros(e, dtype=torch.float64, device=dev)
+    for a, b in spans:
+        r = h[:, a:b].to(torch.float64) - means[:, y[a:b]]
+        tw += (r * r).sum((1, 2))
+        z = torch.bmm(r, proj)
+        d += (z * z).sum((1, 2))
+    tb = (m * m).sum((1, 2))
+    return d / n, tw / n, tb, finite, sv[:, 0]
+
+
+def _logs(d, tw, tb, finite, smax) -> tuple[np.ndarray, np.ndarray]:
+    """``(log D, log tr Σ_w − log tr Σ_b)`` as float64 arrays; NaN where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_d = np.log(d.cpu().numpy())
+        log_t = np.log(tw.cpu().numpy()) - np.log(tb.cpu().numpy())
+    bad = (~finite | (smax == 0) | (tb == 0)).cpu().numpy()
+    log_d[bad] = np.nan
+    log_t[bad] = np.nan
+    return log_d, log_t
+
+
+def _single_stats(features, labels, n_classes, rcond) -> tuple[float, float]:
+    h = _single(features)
+    d, tw, tb, finite, smax = _stats(h, labels, n_classes, rcond)
+    if not bool(finite.all()):
+        raise ValueError("features contain non-finite values (NaN or inf)")
+    log_d, log_t = _logs(d, tw, tb, finite, smax)
+    return float(log_d[0]), float(log_t[0])
 
 
 def log_separation(features, labels, n_classes: int | None = None, *,
@@ -124,7 +167,8 @@ def log_separation(features, labels, n_classes: int | None = None, *,
     Parameters
     ----------
     features : array or tensor ``(N, p)`` (or ``(N, ...)``, flattened)
-        Computed in float64 with torch on the tensor's device (CPU for NumPy input).
+        Computed in float64 with torch on the tensor's device (CPU for NumPy input), in row
+        chunks (no ``N × p`` float64 copy, no ``p × p`` matrix).
     labels : int array ``(N,)`` in ``0..K-1``
     n_classes : int, optional
         ``K``; default ``max(labels) + 1``. Every class must have at least one sample.
@@ -143,9 +187,7 @@ def log_separation(features, labels, n_classes: int | None = None, *,
         One class only, a class without samples, ``N <= K``, non-finite features.
     """
     _validate_rcond(rcond)
-    h, y, k, counts = _prepare(features, labels, n_classes)
-    m, r = _scatter(h, y, k, counts)
-    return _log_d(m, r, rcond)
+    return _single_stats(features, labels, n_classes, rcond)[0]
 
 
 def log_separation_direct(features, labels, n_classes: int | None = None, *,
@@ -156,25 +198,26 @@ def log_separation_direct(features, labels, n_classes: int | None = None, *,
     ``rcond² · λ_max(Σ_b)`` dropped — the same cutoff as :func:`log_separation`.
     """
     _validate_rcond(rcond)
-    h, y, k, counts = _prepare(features, labels, n_classes)
+    h = _single(features)[0].cpu().numpy().astype(np.float64)
+    y, k, counts = _check_labels(labels, h.shape[0], n_classes)
+    if not np.all(np.isfinite(h)):
+        raise ValueError("features contain non-finite values (NaN or inf)")
     n = h.shape[0]
-    m, r = _scatter(h, y, k, counts)
-    sigma_w = (r.T @ r / n).cpu().numpy()
-    sigma_b = (m @ m.T).cpu().numpy()
+    means = np.stack([h[y == c].mean(0) for c in range(k)])
+    gmean = h.mean(0)
+    sigma_b = sum(counts[c] * np.outer(means[c] - gmean, means[c] - gmean) for c in range(k)) / n
+    r = h - means[y]
+    sigma_w = r.T @ r / n
     if not np.any(sigma_b):
         return float("nan")
     pinv = np.linalg.pinv(sigma_b, rtol=rcond**2, hermitian=True)
-    return _log(float(np.trace(sigma_w @ pinv)))
+    with np.errstate(divide="ignore"):
+        return float(np.log(np.trace(sigma_w @ pinv)))
 
 
 def log_trace_ratio(features, labels, n_classes: int | None = None) -> float:
     """Trace-ratio variant ``log tr Σ_w − log tr Σ_b`` (as logged by the original CNN runs)."""
-    h, y, k, counts = _prepare(features, labels, n_classes)
-    m, r = _scatter(h, y, k, counts)
-    tw, tb = float((r * r).sum()) / h.shape[0], float((m * m).sum())
-    if tb == 0.0:
-        return float("nan")
-    return _log(tw) - _log(tb)
+    return _single_stats(features, labels, n_classes, RCOND)[1]
 
 
 def separation_stats(features, labels, n_classes: int | None = None, *,
@@ -182,12 +225,7 @@ def separation_stats(features, labels, n_classes: int | None = None, *,
     """``(log D, log tr Σ_w − log tr Σ_b)`` from one pass over the features (same conventions
     as :func:`log_separation` and :func:`log_trace_ratio`)."""
     _validate_rcond(rcond)
-    h, y, k, counts = _prepare(features, labels, n_classes)
-    m, r = _scatter(h, y, k, counts)
-    tw, tb = float((r * r).sum()) / h.shape[0], float((m * m).sum())
-    if tb == 0.0:
-        return float("nan"), float("nan")
-    return _log_d(m, r, rcond), _log(tw) - _log(tb)
+    return _single_stats(features, labels, n_classes, rcond)
 
 
 def separation_stats_batched(features, labels, n_classes: int | None = None, *,
@@ -198,7 +236,7 @@ def separation_stats_batched(features, labels, n_classes: int | None = None, *,
     ----------
     features : array or tensor ``(E, N, p)`` (or ``(E, N, ...)``, flattened)
         E.g. one layer of every member of an ensemble. Computed in float64 with torch on the
-        tensor's device.
+        tensor's device, in row chunks.
     labels : int array ``(N,)``
 
     Returns
@@ -209,34 +247,11 @@ def separation_stats_batched(features, labels, n_classes: int | None = None, *,
     in :func:`log_separation`.
     """
     _validate_rcond(rcond)
-    h = features.detach() if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
+    h = _as_tensor(features)
     if h.dim() < 3:
         raise ValueError(f"features must be (E, N, p), got shape {tuple(h.shape)}")
-    h = h.reshape(h.shape[0], h.shape[1], -1).to(torch.float64)
-    e, n, _ = h.shape
-    _, y, k, counts = _prepare(torch.zeros(n, 1, dtype=torch.float64, device=h.device), labels, n_classes)
-    finite = torch.isfinite(h).flatten(1).all(1)
-    if not bool(finite.all()):
-        h = torch.where(finite[:, None, None], h, torch.zeros((), dtype=h.dtype, device=h.device))
-    onehot = torch.zeros(n, k, dtype=h.dtype, device=h.device)
-    onehot[torch.arange(n, device=h.device), y] = 1.0
-    means = (onehot.T @ h) / counts[:, None]  # (E, K, p)
-    m = ((means - h.mean(dim=1, keepdim=True)) * torch.sqrt(counts / n)[:, None]).transpose(1, 2)
-    r = h - means[:, y]  # (E, N, p)
-    tw = (r * r).sum((1, 2)) / n
-    tb = (m * m).sum((1, 2))
-    u, sv, _ = torch.linalg.svd(m, full_matrices=False)  # (E, p, r), (E, r)
-    keep = sv > rcond * sv[:, :1]
-    inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
-    z = r @ (u * inv[:, None, :])
-    d = (z * z).sum((1, 2)) / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_d = np.log(d.cpu().numpy())
-        log_t = np.log(tw.cpu().numpy()) - np.log(tb.cpu().numpy())
-    bad = (~finite | (sv[:, 0] == 0) | (tb == 0)).cpu().numpy()
-    log_d[bad] = np.nan
-    log_t[bad] = np.nan
-    return log_d, log_t
+    h = h.reshape(h.shape[0], h.shape[1], -1)
+    return _logs(*_stats(h, labels, n_classes, rcond))
 
 
 def layer_curve(features, labels, n_classes: int | None = None, *, method: str = "D",

@@ -68,6 +68,7 @@ __all__ = [
     "noisy_batch",
     "resolve_device",
     "config_grid",
+    "ensemble_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -340,19 +341,13 @@ def _sgld_scale(cfg: TrainConfig) -> float:
 def _curves(feats: list[torch.Tensor], labels: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per member: (log D curve, trace-ratio curve) from per-layer features ``(E, N, p_l)``.
 
-    Batched over members (:func:`nets.probes.separation_stats_batched`, float64, on the
-    features' device), in member chunks of at most ~2e7 feature values. NaN where a member's
-    features are not finite.
+    Batched over members (:func:`nets.probes.separation_stats_batched`, float64 in row chunks,
+    on the features' device). NaN where a member's features are not finite.
     """
-    e, n = feats[0].shape[:2]
-    d = np.full((e, len(feats)), np.nan)
-    t = np.full((e, len(feats)), np.nan)
-    for i, f in enumerate(feats):
-        f = f.reshape(e, n, -1)
-        step = max(1, int(2e7 // (n * f.shape[2])))
-        for a in range(0, e, step):
-            d[a : a + step, i], t[a : a + step, i] = probes.separation_stats_batched(f[a : a + step], labels, k)
-    return [(d[m], t[m]) for m in range(e)]
+    pairs = [probes.separation_stats_batched(f, labels, k) for f in feats]
+    d = np.stack([p[0] for p in pairs], axis=1)  # (E, L + 1)
+    t = np.stack([p[1] for p in pairs], axis=1)
+    return [(d[m], t[m]) for m in range(d.shape[0])]
 
 
 class _BatchStatProbe:
@@ -678,7 +673,9 @@ class _StackedOptimizer:
             p.grad = None
 
 
-def _ensemble_key(cfg: TrainConfig) -> tuple:
+def ensemble_key(cfg: TrainConfig) -> tuple:
+    """What configs must share to train in one batched ensemble: every field except
+    :data:`ENSEMBLE_VARYING`."""
     d = cfg.to_dict()
     return tuple((k, v) for k, v in d.items() if k not in ENSEMBLE_VARYING)
 
@@ -702,7 +699,7 @@ def train_ensemble(configs, *, dataset: Dataset | None = None, cache_dir=None,
         raise ValueError(f"max_members must be >= 1, got {max_members!r}")
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
-        groups.setdefault(_ensemble_key(c), []).append(i)
+        groups.setdefault(ensemble_key(c), []).append(i)
     out: list[History | None] = [None] * len(configs)
     for idxs in groups.values():
         step = len(idxs) if max_members is None else int(max_members)

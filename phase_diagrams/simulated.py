@@ -50,7 +50,7 @@ from springblock.observables import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "DiagramSpec", "friction_for", "simulate_diagram", "plot_load_curve_grid",
+__all__ = ["PRESETS", "DiagramSpec", "friction_for", "simulate_diagram", "simulate_for_spec", "plot_load_curve_grid",
            "plot_curvature_heatmap", "run_simulated_diagrams"]
 
 PRESETS = ("scale-both", "vary-forward", "vary-asymmetry")
@@ -225,3 +225,49 @@ def run_simulated_diagrams(out_dir="figures", presets=PRESETS, **spec_kw) -> pd.
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out / "simulated_diagrams.csv", index=False)
     return table
+
+
+def simulate_for_spec(spec, store=None, presets=None) -> pd.DataFrame:
+    """The simulated counterpart of a sweep: every cell under each friction preset.
+
+    Rows: the spec's alpha values → friction by :func:`friction_for`; columns: the noise values →
+    ``eps`` by the spec's mapping (:meth:`~phase_diagrams.spec.GridSpec.column_eps`). The chain
+    has one block per hidden layer (``n_blocks = spec.train.depth``) and the original first-order
+    parameters otherwise; ``spec.simulator`` gives chains, steps, seed and the trajectory record
+    interval. One batched kernel call per preset. Rows are written to ``store`` (if given) and
+    returned as a table with the columns of :meth:`~phase_diagrams.store.Store.simulated`.
+    """
+    sim = spec.simulator
+    presets = tuple(sim.presets if presets is None else presets)
+    eps = spec.column_eps()
+    base = ChainParams(n_blocks=spec.train.depth, n_steps=sim.n_steps)
+    frames = []
+    for preset in presets:
+        grid = np.empty(spec.shape, dtype=object)
+        for i, a in enumerate(spec.rows.values):
+            mf, mb = friction_for(preset, float(a), sim.mu_max, sim.ratio)
+            for j in range(spec.shape[1]):
+                grid[i, j] = dataclasses.replace(base, mu_forward=mf, mu_backward=mb, eps=float(eps[j]))
+        t0 = time.perf_counter()
+        res = simulate(grid, n_chains=sim.n_chains, seed=sim.seed, record_every=sim.record_every)
+        log.info("simulated %s: %d cells x %d chains in %.1f s", preset, grid.size, sim.n_chains,
+                 time.perf_counter() - t0)
+        curves, traj, times = res.load_curve(), res.trajectory_curve(), res.times()
+        rows = []
+        for i, a in enumerate(spec.rows.values):
+            for j, cv in enumerate(spec.columns.values):
+                p, c = grid[i, j], curves[i, j]
+                params = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                          for k, v in dataclasses.asdict(p).items()}
+                rows.append(dict(
+                    key=f"{spec.name}/{preset}/{i}/{j}", sweep=spec.name, preset=preset, row=i, col=j,
+                    alpha=float(a), col_value=cv, eps=float(eps[j]), mu_forward=p.mu_forward,
+                    mu_backward=p.mu_backward, curve=c.tolist(), trajectory=traj[i, j].tolist(),
+                    times=times[i, j].tolist(), linearity=float(linearity(c)), curvature=float(curvature(c)),
+                    normalized_curvature=float(normalized_curvature(c)), regime=regime(c),
+                    params=dict(params, n_chains=sim.n_chains, seed=sim.seed),
+                ))
+        if store is not None:
+            store.write_simulated(rows)
+        frames.append(pd.DataFrame(rows))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,174 @@
+"""Thin command line over :mod:`phase_diagrams` (``python -m phase_diagrams COMMAND ...``).
+
+Commands (each calls one documented Python function)
+----------------------------------------------------
+``run [SPEC] [--store S] [--out DIR] [--backend B] [--workers N]``
+    The main job (:func:`phase_diagrams.jobs.run_main`): sweep, simulated counterpart, every
+    figure, comparison. Default spec ``label-noise-small``, store ``out/runs.sqlite``.
+``sweep SPEC --store S [--backend serial|joblib|dask] [--workers N] [--scheduler ADDR]``
+    Run or resume a sweep (:func:`phase_diagrams.jobs.sweep_and_simulate`). ``SPEC`` is a TOML
+    file or a preset name.
+``status --store S``
+    Progress of every sweep in a store (:func:`phase_diagrams.jobs.status_table`).
+``plot --store S [--sweep NAME] [--out DIR] [--cell ROW,COL]``
+    Every figure of a stored sweep (:func:`phase_diagrams.plots.plot_all`).
+``compare --store S [--sweep NAME] [--csv FILE]``
+    Regime agreement and Spearman correlation per friction preset
+    (:func:`phase_diagrams.jobs.compare_store`).
+``export --store S --out FILE.{csv,parquet,json} [--sweep NAME] [--simulated]``
+    (:func:`phase_diagrams.jobs.export`).
+``spec PRESET [--out FILE]``
+    Print a preset as TOML, to copy and edit (:func:`phase_diagrams.spec.spec_to_toml`).
+``simulate [--preset P|all] [--out DIR] ...``
+    The stand-alone simulated diagrams (:func:`phase_diagrams.simulated.run_simulated_diagrams`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from phase_diagrams.runner import BACKENDS
+    from phase_diagrams.simulated import PRESETS as FRICTION
+
+    ap = argparse.ArgumentParser(prog="python -m phase_diagrams", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("-v", "--verbose", action="count", default=0)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def sweep_opts(p):
+        p.add_argument("--store", default="out/runs.sqlite", help="SQLite store (default out/runs.sqlite)")
+        p.add_argument("--backend", default="joblib", choices=BACKENDS, help="default joblib")
+        p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+        p.add_argument("--scheduler", default=None, help="dask scheduler address (backend dask)")
+        p.add_argument("--data", default=None, help="MNIST cache dir (default $SPRINGBLOCK_DATA or ./data)")
+        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--no-retry-failed", action="store_true", help="leave failed tasks failed")
+        p.add_argument("--no-simulate", action="store_true", help="skip the simulated counterpart")
+
+    r = sub.add_parser("run", help="the main job: sweep + simulation + figures + comparison")
+    r.add_argument("spec", nargs="?", default="label-noise-small",
+                   help="TOML file or preset (default label-noise-small)")
+    r.add_argument("--out", default="figures", help="figure directory (default figures/)")
+    sweep_opts(r)
+
+    s = sub.add_parser("sweep", help="run or resume a sweep")
+    s.add_argument("spec", help="TOML file or preset name")
+    sweep_opts(s)
+
+    st = sub.add_parser("status", help="progress of every sweep in a store")
+    st.add_argument("--store", default="out/runs.sqlite")
+
+    p = sub.add_parser("plot", help="every figure of a stored sweep")
+    p.add_argument("--store", default="out/runs.sqlite")
+    p.add_argument("--sweep", default=None)
+    p.add_argument("--out", default="figures")
+    p.add_argument("--cell", default=None, help="ROW,COL of the trajectory figure (indices)")
+
+    c = sub.add_parser("compare", help="measured vs simulated per friction preset")
+    c.add_argument("--store", default="out/runs.sqlite")
+    c.add_argument("--sweep", default=None)
+    c.add_argument("--csv", default=None, help="write the per-cell table here")
+
+    e = sub.add_parser("export", help="runs (or simulated cells) to CSV / parquet / JSON")
+    e.add_argument("--store", default="out/runs.sqlite")
+    e.add_argument("--sweep", default=None, help="default: every sweep")
+    e.add_argument("--out", required=True, help="FILE.csv, FILE.parquet or FILE.json")
+    e.add_argument("--simulated", action="store_true")
+
+    sp = sub.add_parser("spec", help="print a preset as TOML")
+    sp.add_argument("preset")
+    sp.add_argument("--out", default=None)
+
+    sim = sub.add_parser("simulate", help="stand-alone simulated friction x noise diagrams")
+    sim.add_argument("--preset", default="all", help=f"one of {', '.join(FRICTION)}, or 'all' (default)")
+    sim.add_argument("--out", default="figures", help="output directory (default figures/)")
+    sim.add_argument("--chains", type=int, default=256, help="chains per cell (default 256)")
+    sim.add_argument("--steps", type=int, default=10_000, help="time steps (default 10000)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--mu-max", type=float, default=0.1)
+    sim.add_argument("--ratio", type=float, default=2.0)
+    return ap
+
+
+def _sweep_kw(args) -> dict:
+    return dict(backend=args.backend, workers=args.workers, scheduler=args.scheduler, data_dir=args.data,
+                progress=not args.no_progress, retry_failed=not args.no_retry_failed)
+
+
+def _print_summary(summary) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        print(summary.to_string(index=False))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate")), 2)
+    logging.basicConfig(level=level, format="%(message)s")
+    from phase_diagrams import jobs
+    from phase_diagrams.spec import SpecError
+
+    t0 = time.perf_counter()
+    try:
+        if args.command == "run":
+            res = jobs.run_main(args.spec, args.store, args.out, simulate=not args.no_simulate, **_sweep_kw(args))
+            print(res["report"].line())
+            if res["summary"] is not None:
+                _print_summary(res["summary"])
+            print(f"wrote {len(res['figures'])} figure files to {args.out}/ in {time.perf_counter() - t0:.0f} s")
+        elif args.command == "sweep":
+            report = jobs.sweep_and_simulate(args.spec, args.store, simulate=not args.no_simulate, **_sweep_kw(args))
+            print(report.line())
+            return 1 if report.failed else 0
+        elif args.command == "status":
+            table = jobs.status_table(args.store)
+            print(table.to_string(index=False) if not table.empty else f"{args.store}: no sweeps")
+        elif args.command == "plot":
+            from phase_diagrams.plots import plot_all
+
+            store = jobs._store(args.store)
+            cell = tuple(int(v) for v in args.cell.split(",")) if args.cell else None
+            paths = plot_all(store, jobs._one_sweep(store, args.sweep), args.out, cell=cell)
+            print("\n".join(str(p) for p in paths))
+        elif args.command == "compare":
+            per_cell, summary = jobs.compare_store(args.store, args.sweep)
+            _print_summary(summary)
+            if args.csv:
+                per_cell.to_csv(args.csv, index=False)
+        elif args.command == "export":
+            print(jobs.export(args.store, args.out, sweep=args.sweep, simulated=args.simulated))
+        elif args.command == "spec":
+            from phase_diagrams.spec import preset_spec, spec_to_toml
+
+            text = spec_to_toml(preset_spec(args.preset))
+            if args.out:
+                with open(args.out, "w") as fh:
+                    fh.write(text)
+            else:
+                print(text, end="")
+        elif args.command == "simulate":
+            from phase_diagrams.simulated import PRESETS, run_simulated_diagrams
+            from springblock import ChainParams
+
+            presets = PRESETS if args.preset == "all" else (args.preset,)
+            table = run_simulated_diagrams(args.out, presets, base=ChainParams(n_steps=args.steps),
+                                           n_chains=args.chains, seed=args.seed, mu_max=args.mu_max,
+                                           ratio=args.ratio)
+            for preset, df in table.groupby("preset", sort=False):
+                counts = df["regime"].value_counts().to_dict()
+                print(f"{preset:>15}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            print(f"wrote {args.out}/simulated_*.png|pdf and simulated_diagrams.csv in "
+                  f"{time.perf_counter() - t0:.1f} s")
+    except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0

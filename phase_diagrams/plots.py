@@ -1,0 +1,293 @@
+"""Phase-diagram figures. Every function takes tables (:mod:`phase_diagrams.compare`) and
+returns a matplotlib Figure; none computes a statistic. :func:`plot_all` reads a store, builds
+the tables and writes every figure of a sweep.
+
+Layout of a diagram (the original figure): rows = LeakyReLU slope alpha (ReLU, alpha = 0, at the
+top), columns = the noise axis with more noise to the left; each cell the normalised load curve
+``(log D_l − min) / (max − min)`` (the chain: ``y − x_l``) over a background shaded by test
+accuracy (measured) or by the normalised curvature c/Σd (simulated), one colour bar per panel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+
+from springblock.observables import normalized_curve  # noqa: E402
+
+__all__ = [
+    "plot_measured_grid",
+    "plot_simulated_grid",
+    "plot_side_by_side",
+    "plot_heatmap",
+    "plot_accuracy_vs_linearity",
+    "plot_trajectories",
+    "plot_comparison",
+    "plot_all",
+]
+
+_SHORT = {"concave": "cc", "linear": "lin", "convex": "cv", "undefined": "?", "missing": "–", "diverged": "div"}
+
+
+def _fmt(v) -> str:
+    return "full" if v is None else f"{v:.3g}"
+
+
+def _order(cells: pd.DataFrame):
+    """Row indices top to bottom (alpha ascending) and column indices left to right (noisiest first)."""
+    rows = cells.drop_duplicates("row").sort_values("row_value")
+    cols = cells.drop_duplicates("col").sort_values("noise_rank", ascending=False)
+    return rows, cols
+
+
+def _draw_grid(fig, cells: pd.DataFrame, shade: str, cmap, norm, *, title: str, col_label: str,
+               bar_label: str, curve: str = "curve", col_key: str = "col_value", rect=(0.0, 1.0)):
+    """Draw the cell grid into the horizontal slice ``rect = (x0, x1)`` of ``fig`` (figure
+    coordinates) with its colour bar on the right. A fixed grid layout: matplotlib's constrained
+    layout took ~2 s per 48-cell figure."""
+    rows, cols = _order(cells)
+    x0, x1 = rect
+    w = x1 - x0
+    gs = fig.add_gridspec(len(rows), len(cols), left=x0 + 0.075 * w, right=x0 + 0.86 * w, bottom=0.11, top=0.89,
+                          wspace=0.07, hspace=0.07)
+    table = cells.set_index(["row", "col"])
+    for a, (_, r) in enumerate(rows.iterrows()):
+        for b, (_, c) in enumerate(cols.iterrows()):
+            ax = fig.add_subplot(gs[a, b])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cell = table.loc[(r["row"], c["col"])]
+            val = cell.get(shade, np.nan)
+            ax.set_facecolor(cmap(norm(val)) if val is not None and np.isfinite(val) else "0.97")
+            if cell[curve] is not None:
+                y = normalized_curve(np.asarray(cell[curve], dtype=float))
+                ax.plot(np.arange(y.size), y, ".-", color="C3", lw=1.3, ms=3)
+                ax.set_ylim(-0.12, 1.12)
+            else:
+                ax.text(0.5, 0.5, _SHORT.get(cell.get("regime", "missing"), "?"), ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8, color="0.3")
+            if a == len(rows) - 1:
+                ax.set_xlabel(_fmt(c[col_key]), fontsize=7)
+            if b == 0:
+                ax.set_ylabel(_fmt(r["row_value"]), fontsize=7)
+    fig.text(x0 + 0.47 * w, 0.035, f"{col_label} (more noise to the left)", ha="center", fontsize=8)
+    fig.text(x0 + 0.012 * w, 0.5, "alpha (LeakyReLU slope; 0 = ReLU)", va="center", rotation=90, fontsize=8)
+    fig.text(x0 + 0.47 * w, 0.94, title, ha="center", fontsize=9)
+    cax = fig.add_axes((x0 + 0.885 * w, 0.2, 0.018 * w, 0.6))
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=bar_label)
+
+
+def _accuracy_norm(cells):
+    acc = cells["accuracy"].to_numpy(dtype=float)
+    acc = acc[np.isfinite(acc)]
+    lo, hi = (acc.min(), acc.max()) if acc.size else (0.0, 1.0)
+    return Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+
+
+def _curvature_norm(values):
+    v = np.asarray(values, dtype=float)
+    lim = max(np.nanmax(np.abs(v)) if np.isfinite(v).any() else 0.0, 1e-9)
+    return TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
+
+
+def _size(cells, extra_w=1.6):
+    rows, cols = _order(cells)
+    return 1.15 * len(cols) + extra_w, 1.0 * len(rows) + 1.0
+
+
+def plot_measured_grid(cells: pd.DataFrame, title: str = "measured load curves", col_label: str = "noise"):
+    """The original figure: normalised mean load curve per cell over grey shaded by test accuracy
+    (darker = more accurate). ``cells``: :func:`~phase_diagrams.compare.measured_cells`."""
+    fig = plt.figure(figsize=_size(cells))
+    _draw_grid(fig, cells, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(cells), title=title,
+               col_label=col_label, bar_label="test accuracy")
+    return fig
+
+
+def plot_simulated_grid(cells: pd.DataFrame, title: str = "spring-block chain"):
+    """Simulated cells (``y − x_l``), background shaded by c/Σd (red convex, blue concave); the
+    columns are labelled with their noise amplitude eps.
+    ``cells``: :func:`~phase_diagrams.compare.simulated_cells`."""
+    fig = plt.figure(figsize=_size(cells))
+    _draw_grid(fig, cells, "normalized_curvature", plt.get_cmap("coolwarm"),
+               _curvature_norm(cells["normalized_curvature"]), title=title, col_label="eps",
+               bar_label="c / Σd (>0 convex)", col_key="eps")
+    return fig
+
+
+def plot_side_by_side(measured: pd.DataFrame, simulated: pd.DataFrame, *, title: str = "",
+                      col_label: str = "noise", preset: str = ""):
+    """Measured | simulated, one figure: left the measured grid (accuracy shading), right the
+    chain (c/Σd shading), cells in the same places."""
+    w, h = _size(measured)
+    fig = plt.figure(figsize=(2 * w, h + 0.3))
+    _draw_grid(fig, measured, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(measured),
+               title=f"{title}: measured log D per layer".strip(": "), col_label=col_label,
+               bar_label="test accuracy", rect=(0.0, 0.5))
+    _draw_grid(fig, simulated, "normalized_curvature", plt.get_cmap("coolwarm"),
+               _curvature_norm(simulated["normalized_curvature"]),
+               title=f"simulated: y − x per block ({preset})", col_label="eps", bar_label="c / Σd",
+               col_key="eps", rect=(0.5, 1.0))
+    return fig
+
+
+def plot_heatmap(cells: pd.DataFrame, value: str = "normalized_curvature", title: str = "",
+                 col_label: str = "noise", col_key: str = "col_value"):
+    """Heat map of ``value`` (default c/Σd) over the grid, each cell labelled with its regime."""
+    rows, cols = _order(cells)
+    table = cells.set_index(["row", "col"])
+    z = np.full((len(rows), len(cols)), np.nan)
+    labels = np.full(z.shape, "", dtype=object)
+    for a, r in enumerate(rows["row"]):
+        for b, c in enumerate(cols["col"]):
+            cell = table.loc[(r, c)]
+            v = cell[value]
+            z[a, b] = np.nan if v is None else float(v)
+            labels[a, b] = _SHORT.get(cell["regime"], "")
+    fig, ax = plt.subplots(figsize=(0.85 * len(cols) + 2.4, 0.55 * len(rows) + 1.4), layout="constrained")
+    im = ax.imshow(z, cmap="coolwarm", norm=_curvature_norm(z), aspect="auto")
+    for a in range(z.shape[0]):
+        for b in range(z.shape[1]):
+            ax.text(b, a, labels[a, b], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(cols)), [_fmt(v) for v in cols[col_key]], fontsize=7)
+    ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows["row_value"]], fontsize=7)
+    ax.set_xlabel(f"{col_label} (more noise to the left)")
+    ax.set_ylabel("alpha")
+    ax.set_title(title or value, fontsize=9)
+    fig.colorbar(im, ax=ax, label=value)
+    return fig
+
+
+def plot_accuracy_vs_linearity(accuracy, linearity, rho: float, title: str = ""):
+    """Scatter of test accuracy against linearity v (one point per run), with the Spearman ρ
+    computed by :func:`~phase_diagrams.compare.accuracy_linearity`."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.4), layout="constrained")
+    ax.scatter(linearity, accuracy, s=14, alpha=0.8)
+    ax.set_xlabel("linearity v = std of the loads")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{title}  Spearman ρ = {rho:+.2f}".strip(), fontsize=9)
+    return fig
+
+
+def plot_trajectories(run: pd.Series, sim: pd.Series | None = None, title: str = ""):
+    """Load-curve trajectory of one cell over training (``log D_l`` at each probe, one line per
+    layer) next to the chain's block trajectories ``y − x_l`` over simulation time."""
+    ncols = 2 if sim is not None else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(4.4 * ncols, 3.4), layout="constrained", squeeze=False)
+    traj = np.asarray(run["trajectory"], dtype=float)
+    epochs = np.asarray(run["probe_epochs"])
+    colors = plt.get_cmap("viridis")(np.linspace(0, 1, traj.shape[1]))
+    ax = axes[0, 0]
+    for layer in range(traj.shape[1]):
+        ax.plot(epochs, traj[:, layer], color=colors[layer], lw=1.2, label=f"{layer}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("log D_l")
+    ax.set_title("network: layers 0 (input) .. L", fontsize=9)
+    ax.legend(fontsize=6, ncol=2, title="layer", title_fontsize=6)
+    if sim is not None:
+        st = np.asarray(sim["trajectory"], dtype=float)
+        t = np.asarray(sim["times"], dtype=float)
+        ax = axes[0, 1]
+        for block in range(st.shape[1]):
+            ax.plot(t, st[:, block], color=colors[min(block, len(colors) - 1)], lw=1.2)
+        ax.set_xlabel("simulation time t = step · eta")
+        ax.set_ylabel("y − x_l")
+        ax.set_title(f"chain ({sim['preset']}): wall 0 .. block L", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_comparison(per_cell: pd.DataFrame, summary: pd.DataFrame, title: str = ""):
+    """Measured against simulated c/Σd over cells, one panel per friction preset, coloured by
+    whether the regime labels agree; agreement and Spearman in each panel title."""
+    presets = list(summary["preset"])
+    fig, axes = plt.subplots(1, len(presets), figsize=(3.6 * len(presets), 3.4), layout="constrained",
+                             squeeze=False)
+    for ax, (_, s) in zip(axes[0], summary.iterrows(), strict=True):
+        p = per_cell[per_cell["preset"] == s["preset"]]
+        for agree, color in ((True, "C2"), (False, "C3")):
+            q = p[p["agree"] == agree]
+            ax.scatter(q["simulated_nc"], q["measured_nc"], s=16, color=color,
+                       label="regimes agree" if agree else "disagree")
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axvline(0, color="0.7", lw=0.8)
+        ax.set_xlabel("simulated c / Σd")
+        ax.set_ylabel("measured c / Σd")
+        ax.set_title(f"{s['preset']}: agree {s['regime_agreement']:.0%}, ρ = {s['spearman_nc']:+.2f}", fontsize=9)
+        ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _save(fig, path: Path, written: list):
+    for ext in ("png", "pdf"):
+        fig.savefig(path.with_suffix(f".{ext}"), dpi=130)
+        written.append(path.with_suffix(f".{ext}"))
+    plt.close(fig)
+
+
+def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | None = None) -> list[Path]:
+    """Write every figure of a stored sweep to ``out_dir`` (PNG and PDF); return the paths.
+
+    ``{sweep}_measured``, ``{sweep}_measured_curvature``, ``{sweep}_accuracy_vs_linearity``, and
+    when simulated cells are stored: ``{sweep}_simulated_{preset}``,
+    ``{sweep}_side_by_side_{preset}``, ``{sweep}_simulated_{preset}_curvature``,
+    ``{sweep}_comparison``; ``{sweep}_trajectories`` for ``cell = (row, col)`` (default: the
+    top-left cell, ReLU at the most noise) if probe trajectories were recorded.
+    """
+    from phase_diagrams.compare import accuracy_linearity, compare, measured_cells, simulated_cells
+    from phase_diagrams.store import Store
+
+    store = store if isinstance(store, Store) else Store(store)
+    spec = store.sweep_spec(sweep)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = store.runs(sweep)
+    if runs.empty:
+        raise ValueError(f"sweep {sweep!r} has no results in {store.path} yet")
+    cells = measured_cells(runs, spec)
+    col = spec.columns.field
+    written: list[Path] = []
+    _save(plot_measured_grid(cells, f"{sweep}: measured load curves ({spec.train.model}, {spec.train.dataset})",
+                             col), out / f"{sweep}_measured", written)
+    _save(plot_heatmap(cells, title=f"{sweep}: measured c / Σd", col_label=col), out / f"{sweep}_measured_curvature",
+          written)
+    acc, lin, rho = accuracy_linearity(cells)
+    _save(plot_accuracy_vs_linearity(acc, lin, rho, sweep), out / f"{sweep}_accuracy_vs_linearity", written)
+    sim = store.simulated(sweep)
+    if not sim.empty:
+        presets = list(dict.fromkeys(sim["preset"]))
+        for preset in presets:
+            sc = simulated_cells(sim, spec, preset)
+            _save(plot_simulated_grid(sc, f"{sweep}: chain, friction preset {preset}"),
+                  out / f"{sweep}_simulated_{preset}", written)
+            _save(plot_side_by_side(cells, sc, title=sweep, col_label=col, preset=preset),
+                  out / f"{sweep}_side_by_side_{preset}", written)
+            _save(plot_heatmap(sc, title=f"{sweep}: simulated c / Σd ({preset})", col_label="eps", col_key="eps"),
+                  out / f"{sweep}_simulated_{preset}_curvature", written)
+        per_cell, summary = compare(cells, sim, spec)
+        _save(plot_comparison(per_cell, summary, f"{sweep}: measured vs simulated"), out / f"{sweep}_comparison",
+              written)
+    if cell is None:
+        top = cells.sort_values(["row_value", "noise_rank"], ascending=[True, False]).iloc[0]
+        cell = (int(top["row"]), int(top["col"]))
+    sel = cells[(cells["row"] == cell[0]) & (cells["col"] == cell[1])]
+    if sel.empty:
+        raise ValueError(f"cell {cell} is not in the {spec.shape[0]} x {spec.shape[1]} grid of {sweep!r}")
+    c = sel.iloc[0]
+    if c["trajectory"] is not None and len(c["trajectory"]) > 1:
+        s = None
+        if not sim.empty:
+            sp = sim[(sim["row"] == cell[0]) & (sim["col"] == cell[1])]
+            s = sp.iloc[0] if not sp.empty else None
+        _save(plot_trajectories(c, s, f"{sweep}: cell alpha={_fmt(c['row_value'])}, {col}={_fmt(c['col_value'])}"),
+              out / f"{sweep}_trajectories", written)
+    return written

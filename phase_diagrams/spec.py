@@ -1,0 +1,517 @@
+"""Grid specs: what a phase-diagram sweep trains and how the spring-block model stands in for it.
+
+A :class:`GridSpec` names a base training protocol (:class:`nets.TrainConfig`), a row axis
+(the nonlinearity: LeakyReLU slope ``alpha``) and a column axis (a noise knob), the seeds, the
+largest batched ensemble, and the simulator mapping (:class:`SimSpec`). Specs are written in
+TOML and validated with errors that name the offending entry::
+
+    preset = "label-noise"        # optional: start from a named preset, override below
+    name = "my-label-noise"
+    seeds = [1, 2, 3]
+    ensemble_size = 6             # networks trained together as one batched model
+
+    [train]                       # any nets.TrainConfig field; "none" for an optional one
+    epochs = 100
+    probe_every = 10
+
+    [rows]
+    field = "alpha"
+    values = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+    [columns]
+    field = "label_noise"         # label_noise | lr | dropout | batch_size | sgld_temperature
+    values = [0.0, 0.2, 0.4, 0.6]
+
+    [simulator]
+    presets = ["scale-both", "vary-forward", "vary-asymmetry"]
+    eps_map = "rank"              # rank | linear | log | explicit (then eps = [...])
+    eps_min = 0.01
+    eps_max = 0.3
+
+Presets (:data:`PRESETS`; ``python -m phase_diagrams spec NAME`` prints one as TOML): the four
+original panels, each × alpha in {0, 0.2, ..., 1} on the original protocol (SPEC §3.3; the SPEC
+gives the ranges of the noise axes, the eight values per axis are ours):
+
+================== ============================================================= =========
+preset             columns                                                       epochs
+================== ============================================================= =========
+label-noise        label + input noise p in {0, 0.1, ..., 0.7}                   100
+learning-rate      Adam lr in {1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.5}     200
+dropout            p in {0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3}                      100
+batch-size         B in {5, 10, 20, 40, 80, 160, 640, 2560}                      100
+label-noise-small  p in {0, 0.2, 0.4, 0.6} (the README's main job)               100
+smoke              2 x 2 cells, Gaussian mixture, 256 points, batch 32 (tests)   4
+================== ============================================================= =========
+
+Simulator mapping: row ``alpha`` → friction ``(mu->, mu<-)`` by each friction preset of
+:func:`phase_diagrams.simulated.friction_for`; column value → noise ``eps`` by ``eps_map``:
+
+``rank``
+    the columns ordered from least to most noisy (:data:`NOISE_DIRECTION`) get ``eps`` on a
+    geometric grid from ``eps_min`` to ``eps_max``;
+``linear`` / ``log``
+    ``eps`` interpolates between ``eps_min`` and ``eps_max`` linearly in the column value (or
+    its logarithm; values must be > 0), least noisy value → ``eps_min``;
+``explicit``
+    ``eps`` lists one value per column.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tomllib
+
+from nets.train import TrainConfig
+from phase_diagrams.simulated import PRESETS as FRICTION_PRESETS
+
+__all__ = [
+    "AxisSpec",
+    "SimSpec",
+    "GridSpec",
+    "SpecError",
+    "PRESETS",
+    "NOISE_DIRECTION",
+    "load_spec",
+    "spec_from_dict",
+    "preset_spec",
+    "spec_to_toml",
+    "task_key",
+]
+
+
+class SpecError(ValueError):
+    """A grid spec is invalid; the message names the offending entry."""
+
+
+#: +1 if a larger value of the field means more training noise, -1 if less (batch size).
+NOISE_DIRECTION = {
+    "label_noise": 1,
+    "lr": 1,
+    "dropout": 1,
+    "sgld_temperature": 1,
+    "batch_size": -1,
+}
+EPS_MAPS = ("rank", "linear", "log", "explicit")
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TRAIN_HINTS = typing.get_type_hints(TrainConfig)
+ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+@dataclass(frozen=True)
+class AxisSpec:
+    """One axis of the diagram: a :class:`nets.TrainConfig` field and its values."""
+
+    field: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """How the spring-block chain stands in for the grid (SPEC §2.4, §4).
+
+    The chain has one block per hidden layer (``n_blocks`` = the model's ``depth``) and
+    otherwise the original first-order parameters (``k = 1``, ``eta = 0.01``, ``y = 1``).
+    """
+
+    presets: tuple = FRICTION_PRESETS  # friction parametrisations to simulate (may be empty)
+    mu_max: float = 0.1                # largest friction threshold
+    ratio: float = 2.0                 # asymmetry mu<- / mu-> where a preset uses one
+    eps_map: str = "rank"              # rank | linear | log | explicit
+    eps_min: float = 0.01              # eps of the least noisy column
+    eps_max: float = 0.3               # eps of the noisiest column
+    eps: tuple = ()                    # explicit eps per column (eps_map = "explicit")
+    n_chains: int = 256                # chains per cell
+    n_steps: int = 10_000              # time steps
+    record_every: int = 100            # trajectory record interval (steps)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A validated sweep: build with :func:`load_spec`, :func:`preset_spec` or
+    :func:`spec_from_dict` (which check every entry)."""
+
+    name: str
+    train: TrainConfig
+    rows: AxisSpec
+    columns: AxisSpec
+    seeds: tuple = (1,)
+    ensemble_size: int = 6
+    simulator: SimSpec = field(default_factory=SimSpec)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows.values), len(self.columns.values)
+
+    def cells(self):
+        """``(i, j, row_value, column_value)`` for every cell, row-major."""
+        for i, r in enumerate(self.rows.values):
+            for j, c in enumerate(self.columns.values):
+                yield i, j, r, c
+
+    def tasks(self) -> list[dict]:
+        """One task per (cell, seed): ``{"key", "row", "col", "row_value", "col_value", "seed",
+        "config"}`` with ``config`` the full :class:`TrainConfig`. Ordered by seed, then column,
+        then row, so that consecutive tasks (one column's rows) batch into one ensemble."""
+        out = []
+        for s in self.seeds:
+            for j, c in enumerate(self.columns.values):
+                for i, r in enumerate(self.rows.values):
+                    cfg = self.train.replace(**{self.rows.field: r, self.columns.field: c, "seed": s})
+                    out.append(dict(key=task_key(cfg), row=i, col=j, row_value=r, col_value=c, seed=s,
+                                    config=cfg))
+        return out
+
+    def column_eps(self) -> np.ndarray:
+        """Noise amplitude ``eps`` standing for each column (module docstring)."""
+        return _eps_for(self.columns, self.simulator)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (the TOML layout); ``None`` written as ``"none"``."""
+        train = {k: ("none" if v is None else v) for k, v in self.train.to_dict().items()}
+        sim = dataclasses.asdict(self.simulator)
+        sim["presets"] = list(sim["presets"])
+        sim["eps"] = list(sim["eps"])
+        return dict(
+            name=self.name,
+            seeds=list(self.seeds),
+            ensemble_size=self.ensemble_size,
+            train=train,
+            rows=dict(field=self.rows.field, values=list(self.rows.values)),
+            columns=dict(field=self.columns.field, values=list(self.columns.values)),
+            simulator=sim,
+        )
+
+
+def task_key(cfg: TrainConfig) -> str:
+    """Hash of a task's full config (sha256 of its sorted JSON, 20 hex digits): the store key.
+
+    Two sweeps that contain the same config share its result.
+    """
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------
+# presets
+# ------------------------------------------------------------------------------------------
+def _panel(name, column, values, epochs=100, **train):
+    return dict(
+        name=name,
+        seeds=[1],
+        ensemble_size=6,
+        train=dict(epochs=epochs, probe_every=10, **train),
+        rows=dict(field="alpha", values=list(ALPHAS)),
+        columns=dict(field=column, values=list(values)),
+        simulator={},
+    )
+
+
+PRESETS: dict[str, dict] = {
+    "label-noise": _panel("label-noise", "label_noise", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]),
+    "learning-rate": _panel("learning-rate", "lr", [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.5],
+                            epochs=200),
+    "dropout": _panel("dropout", "dropout", [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]),
+    "batch-size": dict(_panel("batch-size", "batch_size", [5, 10, 20, 40, 80, 160, 640, 2560]),
+                       simulator=dict(eps_map="rank")),
+    "label-noise-small": _panel("label-noise-small", "label_noise", [0.0, 0.2, 0.4, 0.6]),
+    "smoke": dict(
+        name="smoke",
+        seeds=[1],
+        ensemble_size=2,
+        train=dict(dataset="gaussian", n_train=256, image_size=4, depth=3, width=16, batch_size=32,
+                   epochs=4, probe_every=1),
+        rows=dict(field="alpha", values=[0.0, 1.0]),
+        columns=dict(field="label_noise", values=[0.0, 0.5]),
+        simulator=dict(n_chains=16, n_steps=500, record_every=50),
+    ),
+}
+
+
+def preset_spec(name: str, **overrides) -> GridSpec:
+    """The named preset (:data:`PRESETS`), with top-level ``overrides`` (dicts merge)."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return spec_from_dict(_merge(copy.deepcopy(PRESETS[name]), overrides))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+# ------------------------------------------------------------------------------------------
+# parsing and validation
+# ------------------------------------------------------------------------------------------
+_TOP_KEYS = {"preset", "name", "seeds", "ensemble_size", "train", "rows", "columns", "simulator"}
+_AXIS_KEYS = {"field", "values"}
+_SIM_TYPES = {
+    "presets": list, "mu_max": float, "ratio": float, "eps_map": str, "eps_min": float,
+    "eps_max": float, "eps": list, "n_chains": int, "n_steps": int, "record_every": int, "seed": int,
+}
+
+
+def _type_name(v) -> str:
+    return type(v).__name__
+
+
+def _check_type(where: str, value, expected):
+    """Raise SpecError unless ``value`` has TOML type ``expected`` (int accepted for float)."""
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+        list: isinstance(value, list),
+        dict: isinstance(value, dict),
+    }[expected]
+    if not ok:
+        raise SpecError(f"{where}: expected {expected.__name__}, got {_type_name(value)} {value!r}")
+
+
+def _unknown(where: str, keys, allowed):
+    bad = sorted(set(keys) - set(allowed))
+    if bad:
+        raise SpecError(f"unknown key {where}{bad[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _train_value(where: str, name: str, value):
+    """Check one TrainConfig field value from TOML; ``"none"`` means None for optional fields."""
+    hint = _TRAIN_HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if optional and isinstance(value, str) and value.lower() == "none":
+        return None
+    if base is str and optional and isinstance(value, str):
+        return value
+    _check_type(where, value, base)
+    return float(value) if base is float else value
+
+
+def _train_config(where: str, fields: dict) -> TrainConfig:
+    try:
+        return TrainConfig(**fields)
+    except ValueError as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def spec_from_dict(d: dict, *, source: str = "spec") -> GridSpec:
+    """Validate a nested dict (the TOML layout) into a :class:`GridSpec`.
+
+    Raises
+    ------
+    SpecError
+        Unknown key, wrong type, empty axis, unknown preset, invalid value — naming the entry.
+    """
+    _check_type(source, d, dict)
+    d = copy.deepcopy(d)
+    if "preset" in d:
+        name = d.pop("preset")
+        _check_type("preset", name, str)
+        if name not in PRESETS:
+            raise SpecError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        d = _merge(copy.deepcopy(PRESETS[name]), d)
+    _unknown("", d, _TOP_KEYS)
+    for key in ("name", "train", "rows", "columns"):
+        if key not in d:
+            raise SpecError(f"missing key {key!r} (or start from a preset: preset = \"label-noise\")")
+    _check_type("name", d["name"], str)
+    if not d["name"].strip():
+        raise SpecError("name: must not be empty")
+
+    # [train]
+    _check_type("train", d["train"], dict)
+    _unknown("train.", d["train"], _TRAIN_FIELDS)
+    train_fields = {k: _train_value(f"train.{k}", k, v) for k, v in d["train"].items()}
+    train = _train_config("train", train_fields)
+
+    # [rows], [columns]
+    axes = {}
+    for ax in ("rows", "columns"):
+        a = d[ax]
+        _check_type(ax, a, dict)
+        _unknown(f"{ax}.", a, _AXIS_KEYS)
+        for key in ("field", "values"):
+            if key not in a:
+                raise SpecError(f"{ax}: missing key {key!r}")
+        _check_type(f"{ax}.field", a["field"], str)
+        if a["field"] not in _TRAIN_FIELDS or a["field"] == "seed":
+            raise SpecError(f"{ax}.field: {a['field']!r} is not a TrainConfig field that can be an axis")
+        _check_type(f"{ax}.values", a["values"], list)
+        if not a["values"]:
+            raise SpecError(f"{ax}.values: empty axis (give at least one value)")
+        vals = []
+        for n, v in enumerate(a["values"]):
+            w = f"{ax}.values[{n}]"
+            v = _train_value(w, a["field"], v)
+            _train_config(w, dict(train_fields, **{a["field"]: v}))
+            vals.append(v)
+        if len(set(vals)) != len(vals):
+            raise SpecError(f"{ax}.values: repeated value in {vals}")
+        axes[ax] = AxisSpec(a["field"], tuple(vals))
+    if axes["rows"].field == axes["columns"].field:
+        raise SpecError(f"rows.field and columns.field are both {axes['rows'].field!r}")
+
+    # seeds, ensemble size
+    seeds = d.get("seeds", [1])
+    _check_type("seeds", seeds, list)
+    if not seeds:
+        raise SpecError("seeds: empty (give at least one seed)")
+    for n, s in enumerate(seeds):
+        _check_type(f"seeds[{n}]", s, int)
+        if s < 0:
+            raise SpecError(f"seeds[{n}]: must be >= 0, got {s}")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"seeds: repeated seed in {seeds}")
+    ens = d.get("ensemble_size", 6)
+    _check_type("ensemble_size", ens, int)
+    if ens < 1:
+        raise SpecError(f"ensemble_size: must be >= 1, got {ens}")
+
+    sim = _sim_spec(d.get("simulator", {}), axes["columns"], axes["rows"])
+    return GridSpec(name=d["name"], train=train, rows=axes["rows"], columns=axes["columns"],
+                    seeds=tuple(seeds), ensemble_size=ens, simulator=sim)
+
+
+def _sim_spec(s: dict, columns: AxisSpec, rows: AxisSpec) -> SimSpec:
+    _check_type("simulator", s, dict)
+    _unknown("simulator.", s, _SIM_TYPES)
+    kw = {}
+    for k, v in s.items():
+        _check_type(f"simulator.{k}", v, _SIM_TYPES[k])
+        kw[k] = float(v) if _SIM_TYPES[k] is float else v
+    if "presets" in kw:
+        for n, p in enumerate(kw["presets"]):
+            if p not in FRICTION_PRESETS:
+                raise SpecError(f"simulator.presets[{n}]: unknown friction preset {p!r}; choose from "
+                                f"{', '.join(FRICTION_PRESETS)}")
+        kw["presets"] = tuple(kw["presets"])
+    if "eps" in kw:
+        for n, e in enumerate(kw["eps"]):
+            _check_type(f"simulator.eps[{n}]", e, float)
+        kw["eps"] = tuple(float(e) for e in kw["eps"])
+    sim = SimSpec(**kw)
+    if sim.eps_map not in EPS_MAPS:
+        raise SpecError(f"simulator.eps_map: {sim.eps_map!r} unknown; choose one of {', '.join(EPS_MAPS)}")
+    if not (0 <= sim.eps_min <= sim.eps_max) or not math.isfinite(sim.eps_max):
+        raise SpecError(f"simulator: need 0 <= eps_min <= eps_max, got {sim.eps_min} and {sim.eps_max}")
+    if sim.mu_max < 0 or sim.ratio < 1:
+        raise SpecError(f"simulator: need mu_max >= 0 and ratio >= 1, got {sim.mu_max} and {sim.ratio}")
+    for k in ("n_chains", "n_steps", "record_every"):
+        if getattr(sim, k) < 1:
+            raise SpecError(f"simulator.{k}: must be >= 1, got {getattr(sim, k)}")
+    if sim.seed < 0:
+        raise SpecError(f"simulator.seed: must be >= 0, got {sim.seed}")
+    if sim.presets:
+        if rows.field != "alpha":
+            raise SpecError(f"rows.field: the simulator maps alpha to friction, got {rows.field!r} "
+                            "(set simulator.presets = [] to sweep another row field)")
+        if columns.field not in NOISE_DIRECTION:
+            raise SpecError(f"columns.field: {columns.field!r} is not a noise axis "
+                            f"({', '.join(NOISE_DIRECTION)}); set simulator.presets = [] to sweep it")
+        if sim.eps_map == "explicit" and len(sim.eps) != len(columns.values):
+            raise SpecError(f"simulator.eps: {len(sim.eps)} values for {len(columns.values)} columns")
+        if any(e < 0 for e in sim.eps):
+            raise SpecError(f"simulator.eps: values must be >= 0, got {list(sim.eps)}")
+        if sim.eps_map == "log" and any(v is None or v <= 0 for v in columns.values):
+            raise SpecError("simulator.eps_map: 'log' needs column values > 0")
+        if sim.eps_map in ("linear", "log") and any(v is None for v in columns.values):
+            raise SpecError("simulator.eps_map: column values must be numbers")
+    return sim
+
+
+def _noise_rank_values(columns: AxisSpec) -> np.ndarray:
+    """Column values as numbers oriented so that larger = noisier (None batch = full batch)."""
+    sign = NOISE_DIRECTION.get(columns.field, 1)
+    vals = [math.inf if v is None else float(v) for v in columns.values]
+    return sign * np.array(vals)
+
+
+def _eps_for(columns: AxisSpec, sim: SimSpec) -> np.ndarray:
+    n = len(columns.values)
+    if sim.eps_map == "explicit":
+        return np.array(sim.eps, dtype=float)
+    z = _noise_rank_values(columns)
+    if sim.eps_map == "rank":
+        grid = np.geomspace(max(sim.eps_min, 1e-300), sim.eps_max, n) if sim.eps_min > 0 else \
+            np.linspace(sim.eps_min, sim.eps_max, n)
+        if n == 1:
+            grid = np.array([sim.eps_max])
+        out = np.empty(n)
+        out[np.argsort(z, kind="stable")] = grid
+        return out
+    if sim.eps_map == "log":
+        z = np.sign(z) * np.log(np.abs(z))
+    span = z.max() - z.min()
+    t = (z - z.min()) / span if span > 0 else np.ones(n)
+    return sim.eps_min + (sim.eps_max - sim.eps_min) * t
+
+
+# ------------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------------
+def load_spec(source) -> GridSpec:
+    """A :class:`GridSpec` from a TOML file path, a preset name, or a dict.
+
+    Raises
+    ------
+    SpecError
+        Invalid spec (the message names the entry), unreadable TOML, or a missing file.
+    """
+    if isinstance(source, GridSpec):
+        return source
+    if isinstance(source, dict):
+        return spec_from_dict(source)
+    text = str(source)
+    if text in PRESETS:
+        return preset_spec(text)
+    path = Path(text)
+    if not path.exists():
+        raise SpecError(f"{text!r} is neither a spec file nor a preset ({', '.join(PRESETS)})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: invalid TOML: {err}") from None
+    try:
+        return spec_from_dict(data, source=str(path))
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def spec_to_toml(spec: GridSpec) -> str:
+    """The spec as TOML text that :func:`load_spec` reads back to an equal spec."""
+    d = spec.to_dict()
+    lines = [f"name = {_toml_value(d['name'])}", f"seeds = {_toml_value(d['seeds'])}",
+             f"ensemble_size = {d['ensemble_size']}"]
+    for table in ("train", "rows", "columns", "simulator"):
+        lines.append("")
+        lines.append(f"[{table}]")
+        for k, v in d[table].items():
+            lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,422 @@
+"""The SQLite result store of phase-diagram sweeps (embedded; one file, no server).
+
+Tables
+------
+``sweeps(name, spec_toml, created_at)``
+    Every sweep registered in the store, with its spec.
+``sweep_tasks(sweep, key, row, col, row_value, col_value, seed)``
+    Which task (by key) sits in which cell of which sweep. A task is shared by every sweep
+    that contains the same full config.
+``runs(key, status, train_status, config, result, test_accuracy, curvature,
+normalized_curvature, linearity, regime, epochs_run, wall_time, ensemble_size, error, version,
+owner, host, pid, finished_at)``
+    One row per finished task: ``status`` is ``done``, ``diverged`` or ``failed``
+    (``error`` holds the message); ``config`` and ``result`` are JSON (the result holds the
+    per-layer curves, the probe trajectory, the losses). Written in one transaction per task.
+``claims(key, owner, host, pid, claimed_at)``
+    Tasks a runner is working on. A claim is live while its runner's process is alive (same
+    host) or, for another host, while it is younger than the lease (runners refresh their
+    claims); stale claims are taken over, so a killed runner's tasks run again on resume.
+``simulated(key, sweep, preset, row, col, alpha, col_value, eps, mu_forward, mu_backward,
+curve, trajectory, times, linearity, curvature, normalized_curvature, regime, params,
+finished_at)``
+    The simulated counterpart of each cell, per friction preset.
+
+Concurrency: WAL journal, ``busy_timeout`` 60 s, short ``BEGIN IMMEDIATE`` transactions, so
+several runners (processes, or hosts on a shared file system that supports SQLite locking)
+can share a store; a result row is inserted only if no row for its key exists, and a
+runner's claims keep others off its tasks. A process killed at any point leaves the database
+consistent (SQLite's atomic commit): at most its uncommitted task is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Store", "STATUSES", "LEASE_S"]
+
+STATUSES = ("done", "diverged", "failed")
+#: A claim from another host expires after this many seconds without a refresh.
+LEASE_S = 1800.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    spec_toml TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_tasks (
+    sweep TEXT NOT NULL,
+    key TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    row_value TEXT NOT NULL,
+    col_value TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    PRIMARY KEY (sweep, key)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('done', 'diverged', 'failed')),
+    train_status TEXT,
+    config TEXT NOT NULL,
+    result TEXT,
+    test_accuracy REAL,
+    curvature REAL,
+    normalized_curvature REAL,
+    linearity REAL,
+    regime TEXT,
+    epochs_run INTEGER,
+    wall_time REAL,
+    ensemble_size INTEGER,
+    error TEXT,
+    version TEXT,
+    owner TEXT,
+    host TEXT,
+    pid INTEGER,
+    finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    claimed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS simulated (
+    key TEXT PRIMARY KEY,
+    sweep TEXT NOT NULL,
+    preset TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    alpha REAL NOT NULL,
+    col_value TEXT NOT NULL,
+    eps REAL NOT NULL,
+    mu_forward REAL NOT NULL,
+    mu_backward REAL NOT NULL,
+    curve TEXT NOT NULL,
+    trajectory TEXT,
+    times TEXT,
+    linearity REAL,
+    curvature REAL,
+    normalized_curvature REAL,
+    regime TEXT,
+    params TEXT NOT NULL,
+    finished_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS simulated_sweep ON simulated (sweep, preset);
+"""
+
+_SUMMARY = ("test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",
+            "wall_time", "ensemble_size")
+
+
+def _finite_or_none(v):
+    if v is None:
+        return None
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("springblock")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A sweep result store in one SQLite file (created with its schema if missing).
+
+    Parameters
+    ----------
+    path : path of the ``.sqlite`` file (parent directories are created)
+    timeout : seconds to wait for another writer's lock
+    """
+
+    def __init__(self, path, timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = float(timeout)
+        self.owner = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    # -------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        return con
+
+    @contextmanager
+    def _tx(self):
+        """One ``BEGIN IMMEDIATE`` transaction (write lock taken up front: no upgrade deadlock)."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def _query(self, sql, args=()) -> list[tuple]:
+        con = self._connect()
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check`` (``"ok"`` for a sound file)."""
+        return self._query("PRAGMA integrity_check")[0][0]
+
+    # -------------------------------------------------------------------------------------
+    # sweeps
+    def register_sweep(self, spec) -> None:
+        """Record ``spec`` (a :class:`~phase_diagrams.spec.GridSpec`) and its tasks.
+
+        Raises ValueError if a different spec is already registered under the same name.
+        """
+        from phase_diagrams.spec import spec_to_toml
+
+        text = spec_to_toml(spec)
+        with self._tx() as con:
+            row = con.execute("SELECT spec_toml FROM sweeps WHERE name = ?", (spec.name,)).fetchone()
+            if row is not None and row[0] != text:
+                raise ValueError(f"store {self.path} already has a different sweep named {spec.name!r}; "
+                                 "rename the sweep (spec 'name') or use another store")
+            if row is None:
+                con.execute("INSERT INTO sweeps VALUES (?, ?, ?)", (spec.name, text, time.time()))
+            con.executemany(
+                "INSERT OR IGNORE INTO sweep_tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(spec.name, t["key"], t["row"], t["col"], json.dumps(t["row_value"]),
+                  json.dumps(t["col_value"]), t["seed"]) for t in spec.tasks()],
+            )
+
+    def sweeps(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT name FROM sweeps ORDER BY created_at")]
+
+    def sweep_spec(self, name: str):
+        """The :class:`~phase_diagrams.spec.GridSpec` registered under ``name``."""
+        import tomllib
+
+        from phase_diagrams.spec import spec_from_dict
+
+        rows = self._query("SELECT spec_toml FROM sweeps WHERE name = ?", (name,))
+        if not rows:
+            known = ", ".join(self.sweeps()) or "none"
+            raise KeyError(f"no sweep {name!r} in {self.path} (sweeps: {known})")
+        return spec_from_dict(tomllib.loads(rows[0][0]))
+
+    def finished_keys(self, keys=None, statuses=("done", "diverged")) -> set[str]:
+        """Keys among ``keys`` (all if None) with a result of one of ``statuses``."""
+        q = f"SELECT key FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
+        found = {r[0] for r in self._query(q, tuple(statuses))}
+        return found if keys is None else found & set(keys)
+
+    # -------------------------------------------------------------------------------------
+    # claims
+    def _claim_is_live(self, owner, host, pid, claimed_at, now) -> bool:
+        if owner == self.owner:
+            return True
+        if host == self.host:
+            return _pid_alive(pid)
+        return now - claimed_at < LEASE_S
+
+    def claim(self, keys) -> list[str]:
+        """Claim the ``keys`` that have no final result and no live claim by another runner;
+        return those claimed (in order). Stale claims (dead process, expired lease) are taken
+        over. A result of status ``failed`` does not block a claim (failed tasks run again)."""
+        keys = list(keys)
+        if not keys:
+            return []
+        now = time.time()
+        got = []
+        with self._tx() as con:
+            marks = ",".join("?" * len(keys))
+            finished = {r[0] for r in con.execute(
+                f"SELECT key FROM runs WHERE status != 'failed' AND key IN ({marks})", keys)}
+            claims = {r[0]: r[1:] for r in con.execute(
+                f"SELECT key, owner, host, pid, claimed_at FROM claims WHERE key IN ({marks})", keys)}
+            for k in keys:
+                if k in finished:
+                    continue
+                c = claims.get(k)
+                if c is not None and c[0] != self.owner and self._claim_is_live(*c, now):
+                    continue
+                con.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                            (k, self.owner, self.host, self.pid, now))
+                got.append(k)
+        return got
+
+    def refresh_claims(self) -> None:
+        """Renew this runner's claims (keeps them live for runners on other hosts)."""
+        with self._tx() as con:
+            con.execute("UPDATE claims SET claimed_at = ? WHERE owner = ?", (time.time(), self.owner))
+
+    def release(self, keys) -> None:
+        """Drop this runner's claims on ``keys``."""
+        keys = list(keys)
+        if keys:
+            with self._tx() as con:
+                con.executemany("DELETE FROM claims WHERE key = ? AND owner = ?", [(k, self.owner) for k in keys])
+
+    def live_claims(self) -> set[str]:
+        now = time.time()
+        rows = self._query("SELECT key, owner, host, pid, claimed_at FROM claims")
+        return {r[0] for r in rows if self._claim_is_live(*r[1:], now)}
+
+    # -------------------------------------------------------------------------------------
+    # results
+    def write_result(self, key: str, record: dict) -> bool:
+        """Store one task's record in one transaction and drop its claim.
+
+        ``record``: the task's :meth:`nets.History.to_record` plus ``status`` (``done``,
+        ``diverged``, ``failed``), ``train_status`` and, for a failure, ``error``. A final
+        (non-failed) row already present for ``key`` is kept and this one dropped (returns
+        False): two runners never produce two rows or overwrite a result.
+        """
+        status = record["status"]
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        config = record["config"]
+        result = {k: v for k, v in record.items() if k not in ("config", "status", "error")}
+        summary = {k: record.get(k) for k in _SUMMARY}
+        for k in ("test_accuracy", "curvature", "normalized_curvature", "linearity", "wall_time"):
+            summary[k] = _finite_or_none(summary[k])
+        with self._tx() as con:
+            old = con.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
+            written = old is None or old[0] == "failed"
+            if written:
+                con.execute(
+                    "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, status, record.get("train_status"), json.dumps(config, sort_keys=True),
+                     json.dumps(result, allow_nan=True), summary["test_accuracy"], summary["curvature"],
+                     summary["normalized_curvature"], summary["linearity"], summary["regime"],
+                     summary["epochs_run"], summary["wall_time"], summary["ensemble_size"],
+                     record.get("error"), _version(), self.owner, self.host, self.pid, time.time()),
+                )
+            con.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))
+        return written
+
+    def runs(self, sweep: str | None = None, *, with_arrays: bool = True) -> pd.DataFrame:
+        """Tidy table: one row per (sweep task) with a result.
+
+        Columns: sweep, key, row, col, row_value, col_value, seed, status, train_status, the
+        summary numbers, error, version, finished_at, every config field (``cfg_`` prefixed
+        where it clashes), and with ``with_arrays`` the per-layer ``curve``, ``loads``,
+        ``trajectory`` (probes × layers), ``probe_epochs``, ``train_loss``,
+        ``trace_ratio_curve`` as lists.
+        """
+        q = ("SELECT t.sweep, t.key, t.row, t.col, t.row_value, t.col_value, t.seed, r.status, "
+             "r.train_status, r.test_accuracy, r.curvature, r.normalized_curvature, r.linearity, r.regime, "
+             "r.epochs_run, r.wall_time, r.ensemble_size, r.error, r.version, r.finished_at, r.config, "
+             "r.result FROM sweep_tasks t JOIN runs r ON r.key = t.key")
+        args = ()
+        if sweep is not None:
+            q += " WHERE t.sweep = ?"
+            args = (sweep,)
+        q += " ORDER BY t.sweep, t.seed, t.col, t.row"
+        cols = ["sweep", "key", "row", "col", "row_value", "col_value", "seed", "status", "train_status",
+                "test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",
+                "wall_time", "ensemble_size", "error", "version", "finished_at", "config", "result"]
+        df = pd.DataFrame(self._query(q, args), columns=cols)
+        if df.empty:
+            return df.drop(columns=["config", "result"])
+        df["row_value"] = df["row_value"].map(json.loads)
+        df["col_value"] = df["col_value"].map(json.loads)
+        configs = df["config"].map(json.loads)
+        for name in configs.iloc[0]:
+            col = name if name not in df.columns else f"cfg_{name}"
+            df[col] = configs.map(lambda c, n=name: c.get(n))
+        if with_arrays:
+            results = df["result"].map(lambda s: json.loads(s) if s else {})
+            for name in ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve",
+                         "probe_accuracy"):
+                df[name] = results.map(lambda r, n=name: r.get(n))
+        return df.drop(columns=["config", "result"])
+
+    def progress(self, sweep: str) -> dict:
+        """Counts for one sweep: total, done, diverged, failed, running (live claims), pending."""
+        keys = [r[0] for r in self._query("SELECT key FROM sweep_tasks WHERE sweep = ?", (sweep,))]
+        if not keys and sweep not in self.sweeps():
+            raise KeyError(f"no sweep {sweep!r} in {self.path}")
+        status = dict(self._query(
+            "SELECT r.key, r.status FROM runs r JOIN sweep_tasks t ON t.key = r.key WHERE t.sweep = ?", (sweep,)))
+        live = self.live_claims()
+        out = {"total": len(keys), "done": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
+        for k in keys:
+            s = status.get(k)
+            if s in ("done", "diverged"):
+                out[s] += 1
+            elif k in live:
+                out["running"] += 1
+            elif s == "failed":
+                out["failed"] += 1
+            else:
+                out["pending"] += 1
+        return out
+
+    # -------------------------------------------------------------------------------------
+    # simulated counterpart
+    def write_simulated(self, rows: list[dict]) -> None:
+        """Insert or replace simulated cells (one transaction for the batch of one preset)."""
+        with self._tx() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO simulated VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r["key"], r["sweep"], r["preset"], r["row"], r["col"], r["alpha"], json.dumps(r["col_value"]),
+                  r["eps"], r["mu_forward"], r["mu_backward"], json.dumps(r["curve"]),
+                  json.dumps(r.get("trajectory")), json.dumps(r.get("times")), _finite_or_none(r["linearity"]),
+                  _finite_or_none(r["curvature"]), _finite_or_none(r["normalized_curvature"]), r["regime"],
+                  json.dumps(r["params"]), time.time()) for r in rows],
+            )
+
+    def simulated(self, sweep: str | None = None, preset: str | None = None) -> pd.DataFrame:
+        """Tidy table of simulated cells (arrays as lists)."""
+        q = ("SELECT key, sweep, preset, row, col, alpha, col_value, eps, mu_forward, mu_backward, curve, "
+             "trajectory, times, linearity, curvature, normalized_curvature, regime, params FROM simulated")
+        cond, args = [], []
+        if sweep is not None:
+            cond.append("sweep = ?")
+            args.append(sweep)
+        if preset is not None:
+            cond.append("preset = ?")
+            args.append(preset)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        q += " ORDER BY sweep, preset, col, row"
+        cols = ["key", "sweep", "preset", "row", "col", "alpha", "col_value", "eps", "mu_forward", "mu_backward",
+                "curve", "trajectory", "times", "linearity", "curvature", "normalized_curvature", "regime", "params"]
+        df = pd.DataFrame(self._query(q, tuple(args)), columns=cols)
+        for c in ("col_value", "curve", "trajectory", "times", "params"):
+            df[c] = df[c].map(json.loads)
+        return df
