@@ -17,6 +17,9 @@ Commands (each calls one documented Python function)
     (:func:`phase_diagrams.jobs.compare_store`).
 ``export --store S --out FILE.{csv,parquet,json} [--sweep NAME] [--simulated]``
     (:func:`phase_diagrams.jobs.export`).
+``fit --store S [--sweep NAME] [--target final|trajectory] [--cell R,C ...] [--workers N]``
+    Fit spring-block parameters to every cell, write them to the store and draw them
+    (:func:`phase_diagrams.jobs.fit_job`).
 ``spec PRESET [--out FILE]``
     Print a preset as TOML, to copy and edit (:func:`phase_diagrams.spec.spec_to_toml`).
 ``simulate [--preset P|all] [--out DIR] ...``
@@ -82,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="FILE.csv, FILE.parquet or FILE.json")
     e.add_argument("--simulated", action="store_true")
 
+    f = sub.add_parser("fit", help="fit spring-block parameters to every cell of a stored sweep")
+    f.add_argument("--store", default="out/runs.sqlite")
+    f.add_argument("--sweep", default=None)
+    f.add_argument("--out", default="figures", help="figure directory (default figures/)")
+    f.add_argument("--target", default="final", choices=("final", "trajectory"),
+                   help="fit the final curve (default) or the probe trajectory (adds lam and tau)")
+    f.add_argument("--cell", action="append", default=None, metavar="ROW,COL", help="only these cells")
+    f.add_argument("--uncertainty", default="jacobian", choices=("jacobian", "profile", "bootstrap", "none"))
+    f.add_argument("--chains", type=int, default=256, help="chains of the reported fit (default 256)")
+    f.add_argument("--workers", type=int, default=None, help="cells fitted in parallel (default: all cores)")
+    f.add_argument("--no-progress", action="store_true")
+
     sp = sub.add_parser("spec", help="print a preset as TOML")
     sp.add_argument("preset")
     sp.add_argument("--out", default=None)
@@ -111,7 +126,7 @@ def _print_summary(summary) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate")), 2)
+    level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate", "fit")), 2)
     logging.basicConfig(level=level, format="%(message)s")
     from phase_diagrams import jobs
     from phase_diagrams.spec import SpecError
@@ -145,6 +160,17 @@ def main(argv=None) -> int:
                 per_cell.to_csv(args.csv, index=False)
         elif args.command == "export":
             print(jobs.export(args.store, args.out, sweep=args.sweep, simulated=args.simulated))
+        elif args.command == "fit":
+            import os
+
+            cells = [tuple(int(v) for v in c.split(",")) for c in args.cell] if args.cell else None
+            fits = jobs.fit_job(args.store, args.sweep, args.out, target=args.target, cells=cells,
+                                workers=args.workers or os.cpu_count() or 1, progress=not args.no_progress,
+                                uncertainty=args.uncertainty, n_chains=args.chains)
+            cols = [c for c in ("row_value", "col_value", "mu_forward", "mu_backward", "eps", "lam", "tau", "rms", "r2")
+                    if c in fits.columns]
+            _print_summary(fits[cols])
+            print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
         elif args.command == "spec":
             from phase_diagrams.spec import preset_spec, spec_to_toml
 

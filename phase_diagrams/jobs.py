@@ -24,7 +24,7 @@ from phase_diagrams.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main"]
+__all__ = ["sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main", "fit_job"]
 
 #: Columns holding arrays (lists); exported as JSON text in CSV files.
 ARRAY_COLUMNS = ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve", "probe_accuracy",
@@ -154,3 +154,29 @@ def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures
     if per_cell is not None:
         per_cell.to_csv(Path(out_dir) / f"{spec.name}_comparison.csv", index=False)
     return dict(report=report, summary=summary, figures=figures)
+
+
+def fit_job(store, sweep: str | None = None, out_dir="figures", *, target: str = "final", cells=None,
+            workers: int = 1, progress: bool = True, **options) -> pd.DataFrame:
+    """Fit spring-block parameters to every cell of a stored sweep
+    (:func:`phase_diagrams.fitting.fit_store`, written to the store's ``fits`` table) and write
+    ``{sweep}_fit_{target}_params`` (heat maps of the fitted parameters) and
+    ``{sweep}_fit_{target}_curves`` (measured vs fitted per cell), PNG and PDF, plus
+    ``{sweep}_fit_{target}.csv``. ``options`` are :class:`~phase_diagrams.fitting.FitOptions` fields."""
+    from phase_diagrams.fitting import FitOptions, fit_store
+    from phase_diagrams.plots import _save, plot_fit_heatmaps, plot_fitted_curves
+
+    store = _store(store)
+    sweep = _one_sweep(store, sweep)
+    fits = fit_store(store, sweep, target=target, opts=FitOptions(**options), workers=workers, cells=cells,
+                     progress=progress)
+    spec = store.sweep_spec(sweep)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list = []
+    _save(plot_fit_heatmaps(fits, f"{sweep}: fitted chain ({target} curve)", spec.columns.field),
+          out / f"{sweep}_fit_{target}_params", written)
+    _save(plot_fitted_curves(fits, f"{sweep}: measured vs fitted chain ({target})", spec.columns.field),
+          out / f"{sweep}_fit_{target}_curves", written)
+    fits.drop(columns=["fitted", "measured"]).to_csv(out / f"{sweep}_fit_{target}.csv", index=False)
+    return fits

@@ -30,6 +30,8 @@ __all__ = [
     "plot_accuracy_vs_linearity",
     "plot_trajectories",
     "plot_comparison",
+    "plot_fit_heatmaps",
+    "plot_fitted_curves",
     "plot_all",
 ]
 
@@ -291,3 +293,79 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
         _save(plot_trajectories(c, s, f"{sweep}: cell alpha={_fmt(c['row_value'])}, {col}={_fmt(c['col_value'])}"),
               out / f"{sweep}_trajectories", written)
     return written
+
+
+def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noise"):
+    """Fitted parameters over the grid, one heat map per parameter (log colour scale), each cell
+    annotated with its value; ``?`` marks a value whose 95 % interval spans more than a factor 10
+    (or reaches a bound): the data do not identify it there. ``fits``:
+    :func:`~phase_diagrams.fitting.fit_cells`."""
+    from matplotlib.colors import LogNorm
+
+    names = [n for n in ("mu_forward", "mu_backward", "eps", "lam", "tau") if n in fits.columns]
+    rows, cols = _order(fits)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names) + 0.6, 0.45 * len(rows) + 1.6),
+                             layout="constrained", squeeze=False)
+    table = fits.set_index(["row", "col"])
+    for ax, name in zip(axes[0], names, strict=True):
+        z = np.full((len(rows), len(cols)), np.nan)
+        unsure = np.zeros(z.shape, dtype=bool)
+        for a, r in enumerate(rows["row"]):
+            for b, c in enumerate(cols["col"]):
+                if (r, c) in table.index:
+                    cell = table.loc[(r, c)]
+                    z[a, b] = cell[name]
+                    lo, hi = cell[f"{name}_lo"], cell[f"{name}_hi"]
+                    unsure[a, b] = not (np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo < 10)
+        pos = z[np.isfinite(z) & (z > 0)]
+        norm = LogNorm(vmin=pos.min(), vmax=max(pos.max(), pos.min() * 1.01)) if pos.size else None
+        im = ax.imshow(np.where(z > 0, z, np.nan), cmap="viridis", norm=norm, aspect="auto")
+        for a in range(z.shape[0]):
+            for b in range(z.shape[1]):
+                if np.isfinite(z[a, b]):
+                    ax.text(b, a, f"{z[a, b]:.2g}" + ("?" if unsure[a, b] else ""), ha="center", va="center",
+                            fontsize=6, color="w")
+        ax.set_xticks(range(len(cols)), [_fmt(v) for v in cols["col_value"]], fontsize=6, rotation=90)
+        ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows["row_value"]], fontsize=6)
+        ax.set_xlabel(f"{col_label} (more noise to the left)", fontsize=7)
+        ax.set_title(f"fitted {name} / k", fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    axes[0, 0].set_ylabel("alpha")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "noise"):
+    """Measured final ``log D_l`` (dots) and the fitted chain mapped by its affine map (line) per
+    cell, in log D units; each cell titled with its rms residual. For trajectory fits the last
+    probe is shown."""
+    rows, cols = _order(fits)
+    w, h = _size(fits, extra_w=0.8)
+    fig = plt.figure(figsize=(max(w, 6.5), max(h, 3.0)))
+    gs = fig.add_gridspec(len(rows), len(cols), left=0.07, right=0.98, bottom=0.1, top=0.88, wspace=0.25,
+                          hspace=0.45)
+    table = fits.set_index(["row", "col"])
+    for a, (_, r) in enumerate(rows.iterrows()):
+        for b, (_, c) in enumerate(cols.iterrows()):
+            ax = fig.add_subplot(gs[a, b])
+            ax.tick_params(labelsize=5)
+            if (r["row"], c["col"]) not in table.index:
+                ax.set_axis_off()
+                continue
+            cell = table.loc[(r["row"], c["col"])]
+            m, f = np.asarray(cell["measured"], dtype=float), np.asarray(cell["fitted"], dtype=float)
+            if m.ndim == 2:
+                m, f = m[-1], f[-1]
+            ax.plot(np.arange(m.size), m, "k.", ms=3)
+            ax.plot(np.arange(f.size), f, "-", color="C3", lw=1.1)
+            ax.set_title(f"rms {cell['rms']:.2g}", fontsize=5, pad=1)
+            if a == len(rows) - 1:
+                ax.set_xlabel(_fmt(c["col_value"]), fontsize=7)
+            if b == 0:
+                ax.set_ylabel(_fmt(r["row_value"]), fontsize=7)
+    fig.text(0.5, 0.02, f"{col_label} (more noise to the left); dots: measured log D_l, line: fitted chain",
+             ha="center", fontsize=8)
+    fig.text(0.005, 0.5, "alpha", va="center", rotation=90, fontsize=8)
+    fig.text(0.5, 0.94, title or "measured vs fitted", ha="center", fontsize=9)
+    return fig

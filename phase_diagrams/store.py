@@ -17,6 +17,8 @@ owner, host, pid, finished_at)``
     Tasks a runner is working on. A claim is live while its runner's process is alive (same
     host) or, for another host, while it is younger than the lease (runners refresh their
     claims); stale claims are taken over, so a killed runner's tasks run again on resume.
+``fits(sweep, row, col, target, fit, options, finished_at)``
+    Spring-block parameters fitted to a cell (:mod:`phase_diagrams.fitting`), the fit as JSON.
 ``simulated(key, sweep, preset, row, col, alpha, col_value, eps, mu_forward, mu_backward,
 curve, trajectory, times, linearity, curvature, normalized_curvature, regime, params,
 finished_at)``
@@ -116,6 +118,16 @@ CREATE TABLE IF NOT EXISTS simulated (
     finished_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS simulated_sweep ON simulated (sweep, preset);
+CREATE TABLE IF NOT EXISTS fits (
+    sweep TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    fit TEXT NOT NULL,
+    options TEXT NOT NULL,
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (sweep, row, col, target)
+);
 """
 
 _SUMMARY = ("test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",
@@ -420,3 +432,31 @@ class Store:
         for c in ("col_value", "curve", "trajectory", "times", "params"):
             df[c] = df[c].map(json.loads)
         return df
+
+    # -------------------------------------------------------------------------------------
+    # fits
+    def write_fits(self, sweep: str, fits: pd.DataFrame, options: dict) -> None:
+        """Insert or replace the fitted cells of ``sweep`` (rows of
+        :func:`phase_diagrams.fitting.fit_cells`) in one transaction."""
+        opts = json.dumps(options, sort_keys=True)
+        rows = []
+        for rec in fits.to_dict(orient="records"):
+            clean = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rec.items()}
+            rows.append((sweep, int(rec["row"]), int(rec["col"]), rec["target"], json.dumps(clean, default=str),
+                         opts, time.time()))
+        with self._tx() as con:
+            con.executemany("INSERT OR REPLACE INTO fits VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def fits(self, sweep: str | None = None, target: str | None = None) -> pd.DataFrame:
+        """Stored fits, one row per (sweep, cell, target), columns as written."""
+        q, cond, args = "SELECT sweep, fit FROM fits", [], []
+        if sweep is not None:
+            cond.append("sweep = ?")
+            args.append(sweep)
+        if target is not None:
+            cond.append("target = ?")
+            args.append(target)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        q += " ORDER BY sweep, target, col, row"
+        return pd.DataFrame([dict(json.loads(f), sweep=s) for s, f in self._query(q, tuple(args))])
