@@ -170,6 +170,10 @@ def main(argv=None) -> int:
             cols = [c for c in ("row_value", "col_value", "mu_forward", "mu_backward", "eps", "lam", "tau", "rms", "r2")
                     if c in fits.columns]
             _print_summary(fits[cols])
+            from phase_diagrams.fitting import fit_trends
+
+            print("\ntrends over the grid (medians by alpha ascending / by noise, least noisy first):")
+            _print_summary(fit_trends(fits))
             print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
         elif args.command == "spec":
             from phase_diagrams.spec import preset_spec, spec_to_toml

@@ -10,7 +10,9 @@ Model
 Affine map
     A measured ``log D_l`` and a simulated ``y − x_l`` are compared up to ``log D ≈ a + b (y − x)``
     with ``b >= 0`` (profiled out in closed form at every candidate: least squares, with ``b``
-    clipped at 0), one map for all layers and probe times.
+    clipped at 0), one map for all layers and probe times. A trajectory is compared by its change
+    since the first probe (``FitOptions.baseline = "initial"``, default): a randomly initialised
+    network's ``log D_l`` already varies with depth, a chain at rest does not.
 Objective
     The residual sum of squares ``RSS = Σ (log D − a − b (y − x))²`` over layers (and probes), the
     chain's ensemble mean taken over ``n_chains`` chains with *common random numbers*: every
@@ -60,7 +62,7 @@ from springblock import ChainParams, simulate
 log = logging.getLogger(__name__)
 
 __all__ = ["FitOptions", "FitResult", "PARAMS", "initial_guess", "chain_curves", "fit_curve", "fit_cells",
-           "fit_store"]
+           "fit_store", "fit_trends"]
 
 #: Fitted parameters, in this order; the last two only for trajectories.
 PARAMS = ("mu_forward", "mu_backward", "eps", "lam", "tau")
@@ -90,6 +92,7 @@ class FitOptions:
     uncertainty: str = "jacobian"  # jacobian | profile | bootstrap | none
     n_bootstrap: int = 20        # bootstrap resamples (bootstrap only)
     records: int = 200           # trajectory records over the horizon (trajectory fits)
+    baseline: str = "initial"    # trajectories: fit the change since the first probe ("initial") or "none"
 
     def __post_init__(self):
         for name in ("n_chains", "search_chains", "n_steps", "grid", "starts", "maxfev", "n_bootstrap", "records"):
@@ -99,6 +102,8 @@ class FitOptions:
         if self.uncertainty not in ("jacobian", "profile", "bootstrap", "none"):
             raise ValueError(f"FitOptions.uncertainty={self.uncertainty!r}: choose jacobian, profile, bootstrap "
                              "or none")
+        if self.baseline not in ("initial", "none"):
+            raise ValueError(f"FitOptions.baseline={self.baseline!r}: choose initial or none")
         if not (0 < self.eta <= 0.1):
             raise ValueError(f"FitOptions.eta={self.eta!r}: must be in (0, 0.1]")
 
@@ -116,7 +121,8 @@ class FitResult:
     affine : (a, b)
         ``log D ≈ a + b (y − x)``.
     rss, rms : residual sum of squares and root-mean-square residual (log D units)
-    r2 : fraction of the measured variance explained
+    r2 : fraction of the measured variance explained (of the change since the first probe for a
+        trajectory with ``baseline="initial"``)
     fitted : simulated curve(s) mapped to log D units, the shape of the measured data
     measured : the measured data
     target : ``"final"`` or ``"trajectory"``
@@ -294,7 +300,10 @@ class _Objective:
     def curves(self, theta):
         p = dict(self.fixed, **_from_theta(theta, self.names))
         self.n += 1
-        return chain_curves(self.n_blocks, [p], self.opts, probe_epochs=self.probe_epochs)[0]
+        c = chain_curves(self.n_blocks, [p], self.opts, probe_epochs=self.probe_epochs)[0]
+        if self.probe_epochs is not None and self.opts.baseline == "initial":
+            c = c - c[0]  # the change since the first probe (the measured side is shifted alike)
+        return c
 
     def residuals(self, theta):
         sim = self.curves(theta)
@@ -403,6 +412,13 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
         raise ValueError("the measured curve needs >= 3 finite layers")
     n_blocks = y.shape[-1] - 1
     final = y[-1] if traj else y
+    shift = np.zeros_like(y)
+    if traj and opts.baseline == "initial":
+        shift = np.broadcast_to(y[0], y.shape).copy()
+        # A randomly initialised network is not a chain at rest (its log D_l already varies with
+        # depth); compare what training changed: log D_l(e) − log D_l(e_0) with the chain's
+        # (y − x_l(t)) − (y − x_l(0)).
+        y = y - y[0]
     names = _names(traj)
     # start: analytic guess vs the coarse grid's best final-curve fit
     search = _Objective(y, n_blocks, dataclasses.replace(opts, n_chains=opts.search_chains), probe_epochs, names)
@@ -454,7 +470,7 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
         ci = _bootstrap_ci(replicates, best, probe_epochs, opts)
     tss = float(((y - y.mean()) ** 2).sum())
     return FitResult(params=best, ci=ci, affine=(a, b), rss=rss, rms=math.sqrt(rss / n_obs),
-                     r2=1 - rss / tss if tss > 0 else float("nan"), fitted=a + b * sim, measured=y,
+                     r2=1 - rss / tss if tss > 0 else float("nan"), fitted=a + b * sim + shift, measured=y + shift,
                      target="trajectory" if traj else "final", n_evals=search.n + obj.n, converged=bool(res.success),
                      wall_s=time.perf_counter() - t0, start=dict(start, source=source))
 
@@ -496,8 +512,10 @@ def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts: FitOptions = 
     """Fit every cell of a :func:`~phase_diagrams.compare.measured_cells` table (cells without a
     finite curve are skipped). ``workers > 1`` fits cells in parallel processes (joblib), each
     simulating on one thread. Returns one row per fitted cell: row, col, row_value, col_value,
-    noise_rank, the fitted parameters, ``{name}_lo`` / ``{name}_hi``, a, b, rss, rms, r2,
-    fitted, measured, target, n_evals, converged, wall_s."""
+    noise_rank, the fitted parameters, ``{name}_lo`` / ``{name}_hi``, the derived ``asymmetry =
+    mu<- − mu->`` (the ratchet gradient is ``−asymmetry/2`` per spring) and noise ``mobility =
+    2 Phi(−(mu-> + mu<-)/(2 eps))`` (:func:`springblock.theory.ratchet_mobility`: how freely noise
+    moves the blocks), a, b, rss, rms, r2, fitted, measured, target, n_evals, converged, wall_s."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
@@ -526,6 +544,9 @@ def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts: FitOptions = 
         for n, v in r["params"].items():
             flat[n] = v
             flat[f"{n}_lo"], flat[f"{n}_hi"] = r["ci"][n]
+        p = r["params"]
+        flat["asymmetry"] = p["mu_backward"] - p["mu_forward"]
+        flat["mobility"] = float(2 * special.ndtr(-(p["mu_forward"] + p["mu_backward"]) / (2 * p["eps"])))
         flat.update(a=r["affine"][0], b=r["affine"][1], rss=r["rss"], rms=r["rms"], r2=r["r2"], fitted=r["fitted"],
                     measured=r["measured"], n_evals=r["n_evals"], converged=r["converged"], wall_s=r["wall_s"],
                     start=json.dumps(r["start"]))
@@ -560,3 +581,35 @@ def fit_store(store, sweep: str | None = None, *, target: str = "final", opts: F
     fits = fit_cells(table, target=target, opts=opts, workers=workers, progress=progress)
     store.write_fits(sweep, fits, dataclasses.asdict(opts))
     return fits
+
+
+def fit_trends(fits: pd.DataFrame) -> pd.DataFrame:
+    """How the fitted parameters (and the derived asymmetry and mobility) move across the grid: for
+    each, the Spearman rank
+    correlation over cells with the row value (alpha) and with the column's noise rank, the
+    median per row (alpha ascending) and per column (least to most noisy), whether those medians
+    are monotone, and the fraction of cells where it is identified (95 % interval within a factor
+    10)."""
+    from phase_diagrams.compare import spearman
+
+    out = []
+    for name in [n for n in PARAMS if n in fits.columns] + [n for n in ("asymmetry", "mobility") if n in fits]:
+        by_row = fits.groupby("row_value")[name].median()
+        by_col = fits.groupby("noise_rank")[name].median()
+        if f"{name}_lo" in fits:
+            lo, hi = fits[f"{name}_lo"].to_numpy(float), fits[f"{name}_hi"].to_numpy(float)
+            ident = float((np.isfinite(lo) & np.isfinite(hi) & (lo > 0) & (hi < 10 * np.where(lo > 0, lo, np.inf)))
+                          .mean())
+        else:
+            ident = float("nan")  # derived quantity: no interval
+
+        def monotone(v):
+            d = np.diff(np.asarray(v, dtype=float))
+            return "increasing" if np.all(d >= 0) else "decreasing" if np.all(d <= 0) else "no"
+
+        out.append(dict(param=name, spearman_alpha=spearman(fits["row_value"], fits[name]),
+                        spearman_noise=spearman(fits["noise_rank"], fits[name]),
+                        median_by_alpha=" ".join(f"{v:.3g}" for v in by_row), monotone_in_alpha=monotone(by_row),
+                        median_by_noise=" ".join(f"{v:.3g}" for v in by_col), monotone_in_noise=monotone(by_col),
+                        identified=ident))
+    return pd.DataFrame(out)

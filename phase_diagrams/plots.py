@@ -297,15 +297,16 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
 
 def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noise"):
     """Fitted parameters over the grid, one heat map per parameter (log colour scale), each cell
-    annotated with its value; ``?`` marks a value whose 95 % interval spans more than a factor 10
-    (or reaches a bound): the data do not identify it there. ``fits``:
+    annotated with its value; hatching marks a value whose 95 % interval spans more than a factor
+    10 (or reaches a bound): the data do not identify it there. ``fits``:
     :func:`~phase_diagrams.fitting.fit_cells`."""
     from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
 
     names = [n for n in ("mu_forward", "mu_backward", "eps", "lam", "tau") if n in fits.columns]
     rows, cols = _order(fits)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names) + 0.6, 0.45 * len(rows) + 1.6),
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(0.62 * len(cols) * len(names) + 1.2 * len(names),
+                                                      0.42 * len(rows) + 1.7), layout="constrained", squeeze=False)
     table = fits.set_index(["row", "col"])
     for ax, name in zip(axes[0], names, strict=True):
         z = np.full((len(rows), len(cols)), np.nan)
@@ -323,12 +324,13 @@ def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noi
         for a in range(z.shape[0]):
             for b in range(z.shape[1]):
                 if np.isfinite(z[a, b]):
-                    ax.text(b, a, f"{z[a, b]:.2g}" + ("?" if unsure[a, b] else ""), ha="center", va="center",
-                            fontsize=6, color="w")
+                    ax.text(b, a, f"{z[a, b]:.2g}", ha="center", va="center", fontsize=5.5, color="w")
+                if unsure[a, b]:
+                    ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, hatch="///", color="0.85", lw=0))
         ax.set_xticks(range(len(cols)), [_fmt(v) for v in cols["col_value"]], fontsize=6, rotation=90)
         ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows["row_value"]], fontsize=6)
         ax.set_xlabel(f"{col_label} (more noise to the left)", fontsize=7)
-        ax.set_title(f"fitted {name} / k", fontsize=8)
+        ax.set_title(f"fitted {name} / k (hatched: not identified)", fontsize=7)
         fig.colorbar(im, ax=ax, shrink=0.8)
     axes[0, 0].set_ylabel("alpha")
     if title:

@@ -116,3 +116,23 @@ def test_fit_store_writes_fits_and_figures(tmp_path):
                  "--uncertainty", "none", "--chains", "32", "--workers", "1", "--no-progress"]) == 0
     assert len(store.fits("fitme")) == 3
     assert main(["fit", "--store", str(store.path), "--cell", "7,7", "--out", str(tmp_path / "fig")]) == 2
+
+
+def test_fit_trends_report_rank_correlations_and_monotone_medians():
+    import pandas as pd
+
+    from phase_diagrams.fitting import fit_trends
+
+    rows = []
+    for i, a in enumerate([0.0, 0.5, 1.0]):
+        for j in range(4):
+            mf, eps = 0.1 * (1 - a) + 0.01, 0.01 * (j + 1)  # friction falls with alpha, noise rises
+            rows.append(dict(row=i, col=j, row_value=a, noise_rank=j, mu_forward=mf, mu_forward_lo=mf / 2,
+                             mu_forward_hi=mf * 2, mu_backward=0.05, mu_backward_lo=1e-4, mu_backward_hi=1.0,
+                             eps=eps, eps_lo=eps * 0.9, eps_hi=eps * 1.1, asymmetry=0.05 - mf, mobility=0.5))
+    t = fit_trends(pd.DataFrame(rows)).set_index("param")
+    assert t.loc["mu_forward", "spearman_alpha"] == pytest.approx(-1.0)
+    assert t.loc["mu_forward", "monotone_in_alpha"] == "decreasing"
+    assert t.loc["eps", "spearman_noise"] == pytest.approx(1.0) and t.loc["eps", "monotone_in_noise"] == "increasing"
+    assert t.loc["mu_forward", "identified"] == 1.0 and t.loc["mu_backward", "identified"] == 0.0
+    assert t.loc["asymmetry", "spearman_alpha"] == pytest.approx(1.0) and np.isnan(t.loc["asymmetry", "identified"])
