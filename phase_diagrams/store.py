@@ -141,6 +141,14 @@ def _finite_or_none(v):
     return v if np.isfinite(v) else None
 
 
+def _where(**equal) -> tuple[str, tuple]:
+    """`` WHERE a = ? AND b = ?`` over the given columns whose value is not None, and the args."""
+    used = {k: v for k, v in equal.items() if v is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), tuple(used.values())
+
+
 def _version() -> str:
     try:
         return metadata.version("springblock")
@@ -416,16 +424,8 @@ class Store:
         """Tidy table of simulated cells (arrays as lists)."""
         q = ("SELECT key, sweep, preset, row, col, alpha, col_value, eps, mu_forward, mu_backward, curve, "
              "trajectory, times, linearity, curvature, normalized_curvature, regime, params FROM simulated")
-        cond, args = [], []
-        if sweep is not None:
-            cond.append("sweep = ?")
-            args.append(sweep)
-        if preset is not None:
-            cond.append("preset = ?")
-            args.append(preset)
-        if cond:
-            q += " WHERE " + " AND ".join(cond)
-        q += " ORDER BY sweep, preset, col, row"
+        where, args = _where(sweep=sweep, preset=preset)
+        q += where + " ORDER BY sweep, preset, col, row"
         cols = ["key", "sweep", "preset", "row", "col", "alpha", "col_value", "eps", "mu_forward", "mu_backward",
                 "curve", "trajectory", "times", "linearity", "curvature", "normalized_curvature", "regime", "params"]
         df = pd.DataFrame(self._query(q, tuple(args)), columns=cols)
@@ -449,14 +449,6 @@ class Store:
 
     def fits(self, sweep: str | None = None, target: str | None = None) -> pd.DataFrame:
         """Stored fits, one row per (sweep, cell, target), columns as written."""
-        q, cond, args = "SELECT sweep, fit FROM fits", [], []
-        if sweep is not None:
-            cond.append("sweep = ?")
-            args.append(sweep)
-        if target is not None:
-            cond.append("target = ?")
-            args.append(target)
-        if cond:
-            q += " WHERE " + " AND ".join(cond)
-        q += " ORDER BY sweep, target, col, row"
+        where, args = _where(sweep=sweep, target=target)
+        q = "SELECT sweep, fit FROM fits" + where + " ORDER BY sweep, target, col, row"
         return pd.DataFrame([dict(json.loads(f), sweep=s) for s, f in self._query(q, tuple(args))])
