@@ -149,6 +149,9 @@ def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures
     spec = load_spec(spec) if not isinstance(spec, GridSpec) else spec
     store = _store(store)
     report = sweep_and_simulate(spec, store, **run_kw)
+    if report.ran and report.failed == report.ran:
+        raise RuntimeError(f"every one of the {report.ran} tasks failed (stored as 'failed'); the first error:\n"
+                           f"{report.failures[0][1]}")
     figures = plot_all(store, spec.name, out_dir)
     per_cell, summary = compare_store(store, spec.name) if spec.simulator.presets else (None, None)
     if per_cell is not None:
