@@ -160,7 +160,7 @@ def test_failed_and_diverged_tasks_are_recorded(tmp_path):
     runs = store.runs("bad")
     assert set(runs["status"]) == {"failed"} and runs["error"].str.contains("nope.npz").all()
     assert run_sweep(bad, store, backend="serial", progress=False).ran == 12  # failed tasks run again
-    with pytest.raises(RuntimeError, match=r"every one of the 12 tasks failed.*nope\.npz"):
+    with pytest.raises(RuntimeError, match=r"(?s)every one of the 12 tasks failed.*nope\.npz"):
         jobs.run_main(bad, store, tmp_path / "fig", backend="serial", progress=False, simulate=False)
     boom = {**TINY, "name": "boom", "columns": {"field": "lr", "values": [1e-3, 1e9]},
             "train": {**TINY["train"], "optimizer": "sgd", "loss": "mse"}}
