@@ -1,0 +1,53 @@
+"""The leaky-ResNet phase diagram (L̃ × noise): preset, sweep, mesh-chain counterpart, figures."""
+
+import numpy as np
+import pytest
+
+from phase_diagrams import jobs
+from phase_diagrams.plots import plot_all
+from phase_diagrams.simulated import mesh_grid
+from phase_diagrams.spec import SpecError, preset_spec, spec_from_dict
+from phase_diagrams.store import Store
+from springblock import simulate, theory
+
+
+def test_leaky_resnet_presets_validate():
+    spec = preset_spec("leaky-resnet")
+    assert spec.shape == (5, 4) and spec.rows.field == "ltilde" and spec.simulator.presets == ("mesh",)
+    assert spec.train.model == "leaky_resnet" and spec.train.depth == 20
+    d = spec.to_dict()
+    d["simulator"]["presets"] = ["mesh", "scale-both"]
+    with pytest.raises(SpecError, match="maps alpha to friction"):
+        spec_from_dict(d)
+    d = preset_spec("smoke").to_dict()
+    d["simulator"]["presets"] = ["mesh"]
+    with pytest.raises(SpecError, match="'mesh' simulator maps the effective depth"):
+        spec_from_dict(d)
+
+
+def test_mesh_grid_equilibria_concentrate_the_load_at_both_ends():
+    rho = np.full(20, 1 / 20)
+    grid = mesh_grid([1.0, 16.0], [0.0], rho, mu_max=0.0)
+    loads = [np.diff(np.concatenate([[0.0], theory.equilibrium(p[0]), [1.0]])) for p in grid]
+    # L̃ = 16: the two end springs carry most of the elongation, the middle almost none
+    ends = [(e[:3].sum() + e[-3:].sum()) / e.sum() for e in loads]
+    assert ends[1] > 0.9 and ends[0] < 0.6
+    # and the simulated frictionless, noiseless chain relaxes to that equilibrium
+    res = simulate(grid[1, 0].replace(n_steps=60_000), n_chains=1, seed=0)  # slowest rate eta*kappa = 4e-4
+    assert res.x[0] == pytest.approx(theory.equilibrium(grid[1, 0]), abs=1e-6)
+
+
+def test_leaky_resnet_sweep_with_its_mesh_counterpart(tmp_path):
+    store = Store(tmp_path / "lr.sqlite")
+    rep = jobs.sweep_and_simulate("leaky-resnet-smoke", store, backend="serial", progress=False)
+    assert (rep.done, rep.failed) == (4, 0)
+    runs = store.runs("leaky-resnet-smoke")
+    assert sorted(runs["ltilde"].unique()) == [1.0, 4.0]
+    r = runs.iloc[0]
+    assert len(r["curve"]) == 5 and len(r["rho"]) == 4 and np.isfinite(r["min_coi"])
+    sim = store.simulated("leaky-resnet-smoke")
+    assert set(sim["preset"]) == {"mesh"} and sorted(sim["alpha"].unique()) == [1.0, 4.0]
+    per_cell, summary = jobs.compare_store(store, "leaky-resnet-smoke")
+    assert summary.iloc[0]["n_cells"] == 4
+    paths = plot_all(store, "leaky-resnet-smoke", tmp_path / "fig")
+    assert any("side_by_side_mesh" in str(p) for p in paths)
