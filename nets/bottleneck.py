@@ -44,7 +44,7 @@ Kinetic energy, speed and the Hamiltonian (:func:`layer_measures`), per step ``�
     For ``L̃ = 0`` (a plain ResNet) ``T``, ``H`` and ``k̂`` are NaN (the ``1/L̃`` scaling is undefined).
 
 Summary numbers (:func:`bottleneck_summary`)
-    ``min_coi``, ``k_hat`` (median of ``k̂_ℓ`` over the steps), the bottleneck extent (total depth
+    ``min_coi``, ``k_hat_median`` (median of ``k̂_ℓ`` over the steps), the bottleneck extent (total depth
     ``Σ ρ_ℓ`` of the layers with ``COI_ℓ ≤ min COI + 1``: within one dimension of the narrowest
     layer), and the share of the kinetic action ``Σ ρ_ℓ T_ℓ`` spent in the first and the last
     quarter of the depth ``p``.
@@ -311,7 +311,7 @@ def layer_measures(features: Sequence, rho, ltilde: float, *, weights: Sequence 
 def bottleneck_summary(measures: dict, *, extent_tol: float = 1.0, end_fraction: float = 0.25) -> dict:
     """Summary numbers of :func:`layer_measures` (module docstring).
 
-    Returns ``min_coi``, ``argmin_coi`` (layer index), ``k_hat`` (median over steps),
+    Returns ``min_coi``, ``argmin_coi`` (layer index), ``k_hat_median`` (median over steps),
     ``k_hat_mid`` (median over the steps in the middle half of the depth), ``bottleneck_extent``
     (``Σ ρ_ℓ`` over representations ``ℓ ≥ 1`` with ``COI_ℓ ≤ min COI + extent_tol``, a fraction
     of the depth), ``kinetic_ends`` (share of ``Σ ρ_ℓ T_ℓ`` in steps whose midpoint lies in the
@@ -336,7 +336,7 @@ def bottleneck_summary(measures: dict, *, extent_tol: float = 1.0, end_fraction:
     return dict(
         min_coi=m,
         argmin_coi=int(np.argmin(coi[1:-1]) + 1) if coi.size > 2 else int(np.argmin(coi)),
-        k_hat=float(np.nanmedian(khat)) if np.isfinite(khat).any() else math.nan,
+        k_hat_median=float(np.nanmedian(khat)) if np.isfinite(khat).any() else math.nan,
         k_hat_mid=float(np.nanmedian(khat[mid_step])) if np.isfinite(khat[mid_step]).any() else math.nan,
         bottleneck_extent=float(rho[in_b].sum()),
         kinetic_ends=float(np.nansum(action[ends]) / tot) if tot > 0 else math.nan,

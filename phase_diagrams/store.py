@@ -384,7 +384,7 @@ class Store:
         if with_arrays:
             results = df["result"].map(lambda s: json.loads(s) if s else {})
             for name in ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve",
-                         "probe_accuracy", "rho", "loads_per_depth", "min_coi", "k_hat", "test_loss"):
+                         "probe_accuracy", "rho", "loads_per_depth", "min_coi", "k_hat_median", "test_loss"):
                 df[name] = results.map(lambda r, n=name: r.get(n))
         return df.drop(columns=["config", "result"])
 
