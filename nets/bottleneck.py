@@ -31,7 +31,9 @@ Stable Cost of Identity (:func:`cost_of_identity`)
         then relative to the subsample's ``‖K‖_op``).
 
     The dual and the Gram routes agree to ~1e-10 relative (tested), as do both with a slow
-    direct formula (``np.linalg.inv``).
+    direct formula (``np.linalg.inv``). Because ``σ`` appends a constant, a representation on a
+    ``k``-dimensional *affine* subspace that misses the origin (rank ``k + 1``) has ``COI → k + 1``,
+    one on a ``k``-dimensional linear subspace ``COI → k`` (non-negative case; tested).
 
 Kinetic energy, speed and the Hamiltonian (:func:`layer_measures`), per step ``ℓ = 1..L``
     ``V_ℓ = (A_ℓ − A_{ℓ−1}) / ρ_ℓ``;
@@ -245,7 +247,9 @@ def layer_measures(features: Sequence, rho, ltilde: float, *, weights: Sequence 
     -------
     dict of lists (JSON-able): ``p`` (``L + 1`` depths), ``rho``; per representation
     (``L + 1``): ``coi``, ``coi_lower_bound``, ``numerical_rank``, ``stable_rank``,
-    ``effective_rank``, ``sv`` (singular values of ``A_ℓ``, lists); per step (``L``): ``kinetic``,
+    ``effective_rank``, ``sv`` (singular values of ``A_ℓ``, lists), ``sv_centered`` and
+    ``numerical_rank_centered`` (of ``A_ℓ`` minus its mean row: an affine ``k``-dimensional
+    representation has ``k`` there and ``k + 1`` in ``sv``); per step (``L``): ``kinetic``,
     ``speed``, ``hamiltonian``, ``k_hat``, and with ``weights`` ``sv_w`` and the weight ranks
     ``w_numerical_rank``, ``w_stable_rank``; plus ``gamma0`` and ``ltilde``.
     """
@@ -261,7 +265,8 @@ def layer_measures(features: Sequence, rho, ltilde: float, *, weights: Sequence 
         sel = torch.from_numpy(idx)
         feats = [f[sel.to(f.device)] for f in feats]
     out: dict = {k: [] for k in ("coi", "coi_lower_bound", "numerical_rank", "stable_rank", "effective_rank", "sv",
-                                 "kinetic", "speed", "hamiltonian", "k_hat")}
+                                 "sv_centered", "numerical_rank_centered", "kinetic", "speed", "hamiltonian",
+                                 "k_hat")}
     grams = []
     for f in feats:
         s = feature_map(f)
@@ -275,6 +280,9 @@ def layer_measures(features: Sequence, rho, ltilde: float, *, weights: Sequence 
         for k in ("numerical_rank", "stable_rank", "effective_rank"):
             out[k].append(ranks[k])
         out["sv"].append((sv if n_singular is None else sv[:n_singular]).tolist())
+        svc = torch.linalg.svdvals(f - f.mean(0, keepdim=True)).cpu().numpy()
+        out["sv_centered"].append((svc if n_singular is None else svc[:n_singular]).tolist())
+        out["numerical_rank_centered"].append(rank_measures(svc, rtol)["numerical_rank"])
     for ell in range(1, L + 1):
         prev, nxt = feats[ell - 1], feats[ell]
         diff = nxt - prev
@@ -316,7 +324,8 @@ def bottleneck_summary(measures: dict, *, extent_tol: float = 1.0, end_fraction:
     (``Σ ρ_ℓ`` over representations ``ℓ ≥ 1`` with ``COI_ℓ ≤ min COI + extent_tol``, a fraction
     of the depth), ``kinetic_ends`` (share of ``Σ ρ_ℓ T_ℓ`` in steps whose midpoint lies in the
     first or last ``end_fraction`` of ``p``; 0.5 for uniform energy), ``mid_numerical_rank``
-    (median numerical rank of the representations in the middle half) and ``min_numerical_rank``.
+    (median numerical rank of the representations in the middle half), the same of the centred
+    representations ``mid_numerical_rank_centered``, and ``min_numerical_rank``.
     """
     coi = np.asarray(measures["coi"], dtype=float)
     rho = np.asarray(measures["rho"], dtype=float)
@@ -341,6 +350,8 @@ def bottleneck_summary(measures: dict, *, extent_tol: float = 1.0, end_fraction:
         bottleneck_extent=float(rho[in_b].sum()),
         kinetic_ends=float(np.nansum(action[ends]) / tot) if tot > 0 else math.nan,
         mid_numerical_rank=float(np.median(nr[mid_rep])) if mid_rep.any() else math.nan,
+        mid_numerical_rank_centered=(float(np.median(np.asarray(measures["numerical_rank_centered"])[mid_rep]))
+                                     if mid_rep.any() and "numerical_rank_centered" in measures else math.nan),
         min_numerical_rank=int(nr[1:-1].min()) if nr.size > 2 else int(nr.min()),
     )
 

@@ -58,7 +58,8 @@ __all__ = [
 
 #: Training protocol of the teacher study (overridable by keyword).
 TEACHER_DEFAULTS = dict(dataset="teacher", loss="mse", model="leaky_resnet", n_train=512, depth=20, width=100,
-                        weight_decay=1e-3, lr=3e-3, epochs=3000, probe_every=0, early_stop_loss=0.0)
+                        weight_decay=3e-3, lr=2e-2, epochs=6000, adapt_every=200, probe_every=0,
+                        early_stop_loss=0.0)
 #: Training protocol of the load-curve study (overridable by keyword).
 LOAD_DEFAULTS = dict(dataset="mnist", model="leaky_resnet", depth=20, width=100, weight_decay=1e-3, lr=1e-3,
                      epochs=100, probe_every=0)
@@ -86,7 +87,8 @@ def _bottleneck_row(cfg, h) -> dict:
                rho_trajectory=h.rho_trajectory)
     if b is not None:
         row.update({k: b[k] for k in ("p", "coi", "coi_lower_bound", "kinetic", "k_hat", "speed", "numerical_rank",
-                                      "stable_rank", "effective_rank", "sv", "sv_w")})
+                                      "numerical_rank_centered", "stable_rank", "effective_rank", "sv",
+                                      "sv_centered", "sv_w")})
         row.update(bottleneck_summary(b))
     return row
 
@@ -157,10 +159,12 @@ def _row(df, scheme, lt):
     return None if sel.empty else sel.iloc[0]
 
 
-def plot_singular_values(df: pd.DataFrame, n_values: int = 10, title: str = ""):
+def plot_singular_values(df: pd.DataFrame, n_values: int = 10, title: str = "", key: str = "sv_centered"):
     """Singular values of ``A_ℓ`` across depth: rows = step schemes, columns = L̃; in each panel
     the ``n_values`` largest singular values (relative to the largest) of every representation,
-    one line per rank index, against the depth ``p_ℓ`` (log scale)."""
+    one line per rank index, against the depth ``p_ℓ`` (log scale). ``key`` ``"sv_centered"``
+    (default: the mean row removed, so an affine ``k``-dimensional representation shows ``k``
+    dominant values) or ``"sv"``."""
     schemes, lts, _ = _panels(df)
     fig, axes = plt.subplots(len(schemes), len(lts), figsize=(2.4 * len(lts) + 0.6, 2.1 * len(schemes) + 0.8),
                              sharex=True, sharey=True, squeeze=False, layout="constrained")
@@ -169,11 +173,11 @@ def plot_singular_values(df: pd.DataFrame, n_values: int = 10, title: str = ""):
         for b, lt in enumerate(lts):
             ax = axes[a, b]
             r = _row(df, scheme, lt)
-            if r is None or not isinstance(r.get("sv"), list):
+            if r is None or not isinstance(r.get(key), list):
                 continue
             p = np.asarray(r["p"])
             sv = np.array([np.pad(s[:n_values], (0, max(0, n_values - len(s))), constant_values=np.nan)
-                           for s in r["sv"]])
+                           for s in r[key]])
             sv = sv / sv[:, :1]
             for i in range(n_values):
                 ax.semilogy(p, sv[:, i], ".-", ms=2, lw=1, color=cmap(i / n_values))
@@ -184,7 +188,8 @@ def plot_singular_values(df: pd.DataFrame, n_values: int = 10, title: str = ""):
                 ax.set_ylabel(f"{scheme}\ns_i / s_1", fontsize=8)
             if a == len(schemes) - 1:
                 ax.set_xlabel("depth p", fontsize=8)
-    fig.suptitle(title or f"singular values of the representations A_ℓ (largest {n_values})", fontsize=10)
+    what = "centred representations" if key == "sv_centered" else "representations"
+    fig.suptitle(title or f"singular values of the {what} A_ℓ (largest {n_values}, relative)", fontsize=10)
     return fig
 
 
@@ -266,7 +271,7 @@ def read_table(path) -> pd.DataFrame:
 
 SUMMARY_COLUMNS = ("scheme", "ltilde", "status", "objective", "test_loss", "test_accuracy", "min_coi",
                    "k_hat_median", "k_hat_mid", "bottleneck_extent", "kinetic_ends", "mid_numerical_rank",
-                   "min_numerical_rank", "cv_layer", "cv_depth", "r2_depth", "wall_s")
+                   "mid_numerical_rank_centered", "min_numerical_rank", "cv_layer", "cv_depth", "r2_depth", "wall_s")
 
 
 def run_bottleneck(out_dir="figures", study: str = "teacher", *, ltildes=(1.0, 2.0, 4.0, 8.0, 16.0),

@@ -44,6 +44,18 @@ def test_coi_of_constant_matrix_has_closed_form():
         assert bn.cost_of_identity(a, g0, method=method) == pytest.approx(expected, rel=1e-12)
 
 
+def test_coi_of_an_affine_k_dimensional_representation_is_k_plus_one():
+    # A = 1 mᵀ + Z B > 0 with Z (N x k): rank k + 1 and the ones vector in its column space;
+    # the row space of (A, 1) misses e_{w+1}, so COI_0 = rank = k + 1 (the centred A has rank k)
+    rng = np.random.default_rng(9)
+    for k in (1, 3):
+        a = 5.0 + rng.random(40) + 0.5 * rng.standard_normal((300, k)) @ rng.standard_normal((k, 40))
+        assert a.min() > 0
+        assert bn.cost_of_identity(a, 1e-10) == pytest.approx(k + 1, abs=1e-3)
+        m = bn.layer_measures([a, a], [1.0], 1.0, rtol=1e-6)
+        assert m["numerical_rank"][0] == k + 1 and m["numerical_rank_centered"][0] == k
+
+
 @pytest.mark.parametrize("shape", [(80, 20), (30, 60)])
 def test_cholesky_routes_equal_slow_direct_formula(shape):
     rng = np.random.default_rng(0)

@@ -51,3 +51,30 @@ def test_leaky_resnet_sweep_with_its_mesh_counterpart(tmp_path):
     assert summary.iloc[0]["n_cells"] == 4
     paths = plot_all(store, "leaky-resnet-smoke", tmp_path / "fig")
     assert any("side_by_side_mesh" in str(p) for p in paths)
+
+
+def test_curve_linearity_per_layer_and_per_depth():
+    from phase_diagrams.bottleneck import curve_linearity
+
+    rho = np.array([0.1, 0.2, 0.3, 0.4])
+    p = np.concatenate([[0.0], np.cumsum(rho)])
+    lin = curve_linearity(3.0 - 2.0 * p, rho)  # linear in p: equal loads per unit depth
+    assert lin["cv_depth"] == pytest.approx(0.0, abs=1e-12) and lin["r2_depth"] == pytest.approx(1.0)
+    assert lin["cv_layer"] == pytest.approx(rho.std() / rho.mean())  # loads d_l = 2 rho_l
+    eq = curve_linearity([3.0, 2.0, 1.0, 0.0, -1.0], np.full(4, 0.25))
+    assert eq["cv_layer"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bottleneck_study_writes_tables_and_figures(tmp_path):
+    from phase_diagrams.bottleneck import read_table, run_bottleneck
+
+    df = run_bottleneck(tmp_path, "teacher", ltildes=[2.0, 8.0], schemes=["irregular", "adaptive"], epochs=6,
+                        n_train=64, width=12, depth=6, adapt_every=2)
+    assert len(df) == 4 and set(df["scheme"]) == {"irregular", "adaptive"}
+    for _, r in df.iterrows():
+        assert len(r["coi"]) == 7 and len(r["k_hat"]) == 6 and sum(r["rho"]) == pytest.approx(1.0)
+        assert np.all(np.array(r["k_hat"]) <= np.array(r["coi"][:-1]) + 1e-9)  # k̂ = COI − (2/L̃) T
+    back = read_table(tmp_path / "bottleneck_teacher.jsonl")
+    assert back["min_coi"].tolist() == pytest.approx(df["min_coi"].tolist())
+    for stem in ("profiles", "singular_values"):
+        assert (tmp_path / f"bottleneck_teacher_{stem}.png").stat().st_size > 10_000
