@@ -78,3 +78,19 @@ def test_bottleneck_study_writes_tables_and_figures(tmp_path):
     assert back["min_coi"].tolist() == pytest.approx(df["min_coi"].tolist())
     for stem in ("profiles", "singular_values"):
         assert (tmp_path / f"bottleneck_teacher_{stem}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_teacher_bottleneck_acceptance_at_ltilde_12():
+    # The README's acceptance protocol at one L̃ (~2 min on 2 cores): a bottleneck with a flat COI
+    # near k* + 1 = 4 in the middle, k̂ near k* = 3, kinetic energy at both ends.
+    from nets.bottleneck import bottleneck_summary
+    from nets.train import TrainConfig, train
+    from phase_diagrams.bottleneck import TEACHER_DEFAULTS
+
+    h = train(TrainConfig(**TEACHER_DEFAULTS, ltilde=12.0))
+    s = bottleneck_summary(h.bottleneck)
+    assert 3.5 < s["min_coi"] < 5.0
+    assert 2.0 < s["k_hat_mid"] < 3.6
+    assert s["kinetic_ends"] > 0.8 and s["bottleneck_extent"] > 0.3
+    assert 3 <= s["mid_numerical_rank_centered"] <= 5
