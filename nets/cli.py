@@ -129,7 +129,10 @@ def _summary_line(rec: dict) -> str:
     return (f"alpha={rec['alpha']:<4g} label={rec['label_noise']:<4g} lr={rec['lr']:<6g} "
             f"drop={rec['dropout']:<4g} bs={rec['batch_size']} seed={rec['seed']:<3d} "
             f"{rec['status']:<13s} acc={rec['test_accuracy']:.4f} c={rec['curvature']:+.3f} "
-            f"c/sum={rec['normalized_curvature']:+.3f} {rec['regime']:<9s} logD=[{curve}]")
+            f"c/sum={rec['normalized_curvature']:+.3f} {rec['regime']:<9s} logD=[{curve}]"
+            + (f" | L~={rec.get('ltilde', 1.0):g} {rec.get('step_scheme', 'equidistant')} "
+               f"test_loss={rec['test_loss']:.4g} minCOI={rec['min_coi']:.3f} k_hat={rec['k_hat_median']:.3f}"
+               if "min_coi" in rec else ""))
 
 
 def main(argv=None) -> int:

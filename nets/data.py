@@ -19,6 +19,11 @@ Nothing here downloads from a dataset hub at run time. The sources are:
 ``npz``
     Any ``.npz`` named by ``root`` holding ``x``/``y`` (or ``x_train``/``y_train`` and
     optionally ``x_test``/``y_test``).
+``teacher``
+    Synthetic *regression* data with a known bottleneck (:func:`teacher_data`, Jacot & Kaiser):
+    ``x ∈ R^30 → random ReLU network → R^{k*} → random ReLU network → R^30`` (``k* = 3``), seeded
+    by ``subset_seed``. :class:`Dataset` then has ``task == "regression"``, float targets
+    ``(N, 30)`` and ``n_classes`` = the target dimension.
 
 The cache directory is ``$SPRINGBLOCK_DATA`` if set, else ``./data`` under the current working
 directory (:func:`default_cache_dir`). Cached ``.npz`` files are written uncompressed and opened
@@ -61,6 +66,9 @@ __all__ = [
     "load_cifar10",
     "gaussian_mixture",
     "load_npz",
+    "teacher_data",
+    "teacher_function",
+    "TEACHER_DIMS",
     "resize_images",
     "training_subset",
     "load_dataset",
@@ -77,7 +85,7 @@ MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416
 #: Where the Debian package ``dataset-fashion-mnist`` puts its IDX files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "gaussian", "npz")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "gaussian", "npz", "teacher")
 _ALIASES = {
     "mnist": "mnist",
     "fashion-mnist": "fashion-mnist",
@@ -87,6 +95,7 @@ _ALIASES = {
     "cifar-10": "cifar10",
     "gaussian": "gaussian",
     "npz": "npz",
+    "teacher": "teacher",
 }
 
 
@@ -428,6 +437,71 @@ def gaussian_mixture(n_train: int, n_test: int, *, n_classes: int = 10, dim: int
     return out
 
 
+#: Default teacher: input dimension, bottleneck rank k*, output dimension, hidden width of
+#: each of the two random ReLU networks.
+TEACHER_DIMS = dict(d_in=30, rank=3, d_out=30, hidden=100)
+
+
+def teacher_function(*, d_in: int = 30, rank: int = 3, d_out: int = 30, hidden: int = 100, seed: int = 0):
+    """The two random ReLU networks of the teacher, as NumPy callables ``(g, h)``.
+
+    ``g(x) = V_2 ReLU(V_1 x + a_1)``: ``R^{d_in} → R^{rank}``; ``h(z) = U_2 ReLU(U_1 z + b_1)``:
+    ``R^{rank} → R^{d_out}``; weights ``N(0, 2/fan_in)``, biases ``N(0, 0.1²)`` drawn in that order
+    from ``np.random.default_rng(seed)``. Both act on rows (``(n, d)`` arrays).
+    """
+    for name, val in (("d_in", d_in), ("rank", rank), ("d_out", d_out), ("hidden", hidden)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise ValueError(f"teacher: {name} must be an integer >= 1, got {val!r}")
+    rng = np.random.default_rng(seed)
+    v1 = rng.standard_normal((hidden, d_in)) * np.sqrt(2.0 / d_in)
+    a1 = rng.standard_normal(hidden) * 0.1
+    v2 = rng.standard_normal((rank, hidden)) * np.sqrt(2.0 / hidden)
+    u1 = rng.standard_normal((hidden, rank)) * np.sqrt(2.0 / rank)
+    b1 = rng.standard_normal(hidden) * 0.1
+    u2 = rng.standard_normal((d_out, hidden)) * np.sqrt(2.0 / hidden)
+
+    def g(x):
+        return np.maximum(np.asarray(x, dtype=np.float64) @ v1.T + a1, 0.0) @ v2.T
+
+    def h(z):
+        return np.maximum(np.asarray(z, dtype=np.float64) @ u1.T + b1, 0.0) @ u2.T
+
+    return g, h
+
+
+def teacher_data(n_train: int, n_test: int, *, d_in: int = 30, rank: int = 3, d_out: int = 30,
+                 hidden: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """Regression data from a random teacher with a bottleneck of rank ``k* = rank``.
+
+    ``x ~ N(0, I_{d_in})``; ``z = g(x) ∈ R^rank`` and ``y = h(z) ∈ R^{d_out}`` with the two random
+    ReLU networks of :func:`teacher_function` (width ``hidden``, seeded by ``seed``; the inputs are
+    drawn after the weights from the same generator, training set first). Every output coordinate
+    is then centred and scaled to unit variance with the training set's statistics, so ``y``
+    depends on ``x`` only through the ``rank`` numbers ``z`` (the Jacobian ``∂y/∂x`` has rank
+    ``≤ k*`` everywhere).
+
+    Returns float32 ``x_train (n_train, d_in)``, ``y_train (n_train, d_out)``, ``x_test``,
+    ``y_test``, and ``z_train``/``z_test`` (the bottleneck coordinates).
+    """
+    for name, val in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise ValueError(f"teacher_data: {name} must be an integer >= 1, got {val!r}")
+    g, h = teacher_function(d_in=d_in, rank=rank, d_out=d_out, hidden=hidden, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    out, mean, std = {}, None, None
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.standard_normal((n, d_in))
+        z = g(x)
+        y = h(z)
+        if mean is None:
+            mean, std = y.mean(0), y.std(0)
+            std = np.where(std > 0, std, 1.0)
+        out[f"x_{split}"] = x.astype(np.float32)
+        out[f"y_{split}"] = ((y - mean) / std).astype(np.float32)
+        out[f"z_{split}"] = z.astype(np.float32)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------------
@@ -485,10 +559,12 @@ class Dataset:
     ----------
     name : str
     x_train : float32 ``(N, C, H, W)``, values in [0, 1] for image data
-    y_train : int64 ``(N,)``, classes ``0..n_classes-1``
+    y_train : int64 ``(N,)``, classes ``0..n_classes-1`` (regression: float32 ``(N, d_out)``)
     x_test, y_test : the full test set, same layout
     n_classes : int
+        Number of classes (regression: the target dimension ``d_out``)
     train_indices : int64 ``(N,)`` indices of the subset in the source's training split
+    task : ``"classification"`` (default) or ``"regression"``
     """
 
     name: str
@@ -498,6 +574,7 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     train_indices: np.ndarray
+    task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -552,6 +629,9 @@ def _source_arrays(name: str, root, cache_dir, n_train, subset_seed, image_size)
         side = image_size or 10
         n = n_train if n_train is not None else 2560
         return gaussian_mixture(n, 2000, dim=side * side, seed=subset_seed)
+    if name == "teacher":
+        n = n_train if n_train is not None else 2560
+        return teacher_data(n, 2000, seed=subset_seed)
     if name == "npz":
         if root is None:
             raise DataNotFoundError("dataset 'npz' needs the file: pass --data-root FILE.npz")
@@ -564,9 +644,21 @@ def _source_arrays(name: str, root, cache_dir, n_train, subset_seed, image_size)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
+def _teacher_dataset(src: dict) -> Dataset:
+    arrays = {k: np.ascontiguousarray(src[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+    for arr in arrays.values():
+        arr.flags.writeable = False
+    idx = np.arange(len(arrays["y_train"]))
+    idx.flags.writeable = False
+    return Dataset("teacher", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   int(arrays["y_train"].shape[1]), idx, task="regression")
+
+
 @functools.lru_cache(maxsize=8)
 def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed) -> Dataset:
     src = _source_arrays(name, root, cache_dir, n_train, subset_seed, image_size)
+    if name == "teacher":
+        return _teacher_dataset(src)
     y_all = _labels(src["y_train"], name)
     x_all = src["x_train"]
     if len(x_all) != len(y_all):
@@ -601,7 +693,7 @@ def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: 
 
     Parameters
     ----------
-    name : {"mnist", "fashion-mnist", "cifar10", "gaussian", "npz"}
+    name : {"mnist", "fashion-mnist", "cifar10", "gaussian", "npz", "teacher"}
         Aliases ``fmnist``, ``cifar-10``; a path ending in ``.npz`` means ``npz`` with that root.
     root : path, optional
         Source directory (Fashion-MNIST IDX files, CIFAR-10 batches) or the ``.npz`` file.
@@ -611,9 +703,10 @@ def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: 
         Resize images to ``image_size × image_size`` (antialiased bilinear); None keeps the
         native size. For ``gaussian`` the input dimension is ``image_size**2``.
     n_train : int or None
-        Size of the fixed training subset (:func:`training_subset`); None uses all.
+        Size of the fixed training subset (:func:`training_subset`); None uses all. For
+        ``teacher``: the number of training points (default 2560; the test set has 2000).
     subset_seed : int
-        Seed of the subset (and of the Gaussian mixture).
+        Seed of the subset (and of the Gaussian mixture and the teacher network).
 
     Raises
     ------

@@ -31,10 +31,28 @@ Probes (SPEC §1.2, §3.3)
     test accuracy. A probe draws no random numbers and restores train mode, so training is
     bit-identical with or without probes.
 
+Leaky ResNets (``model="leaky_resnet"``, :mod:`nets.resnet`; SPEC §3.1, §5.2)
+    The objective is the data term plus ``(λ/(2L̃)) Σ ρ_ℓ ‖W_ℓ‖_F²`` (``weight_decay`` = λ,
+    ``ltilde`` = L̃), the reported ``train_loss`` is that full objective. ``step_scheme`` sets the
+    mesh ``ρ``; with ``"adaptive"`` the mesh is re-set by :func:`nets.resnet.adaptive_steps` from
+    the relative speeds measured on the clean probe set after every ``adapt_every``-th epoch,
+    except during the last ``adapt_every`` epochs (so the final mesh is trained on); the meshes
+    are recorded in ``History.rho_trajectory``. The bottleneck measures
+    (:func:`nets.bottleneck.layer_measures`, ``γ₀ = bottleneck_gamma0``) are computed on the
+    probe set at the final probe (and at every probe with ``probe_bottleneck``). Features are the
+    residual stream ``h_0..h_L``; ``alpha``/``dropout`` must be 0 and ``batch_norm`` is ignored.
+
+Regression (``dataset="teacher"``, needs ``loss="mse"``)
+    Targets are float vectors; the loss is the mean squared error over samples and outputs;
+    "label noise" replaces ⌊p·B⌋ targets by the targets of uniformly drawn samples of the batch
+    (the empirical marginal, as uniform labels are for balanced classes) and adds input noise as
+    for classification. ``log D`` needs classes, so the load curve is NaN;
+    ``History.test_loss`` is the test MSE and ``test_accuracy`` NaN.
+
 Ensembles
     :func:`train_ensemble` trains compatible configs (same architecture, data, batch size,
     optimiser, loss, epochs, probe settings; free to differ in α, dropout, label noise, lr, T,
-    seed and early-stop threshold) as one batched model (:mod:`nets.models`), with a stacked
+    seed, early-stop threshold, and for leaky ResNets L̃ and λ) as one batched model (:mod:`nets.models`), with a stacked
     Adam/SGD that is elementwise and so equal to per-member optimisers, and per-member
     generators drawn in the same order as :func:`train`. Results equal :func:`train` one by one
     to float rounding (tested).
@@ -54,8 +72,10 @@ import torch
 import torch.nn.functional as F
 
 from nets import probes
+from nets.bottleneck import bottleneck_summary, layer_measures, per_depth_loads
 from nets.data import _ALIASES, DATASETS, Dataset, load_dataset
 from nets.models import build_ensemble, build_model
+from nets.resnet import STEP_SCHEMES, EnsembleLeakyResNet, LeakyResNet, adaptive_steps, relative_speeds, step_sizes
 
 __all__ = [
     "TrainConfig",
@@ -76,7 +96,11 @@ log = logging.getLogger(__name__)
 STATUSES = ("completed", "early_stopped", "diverged")
 #: Config fields that may differ between members of one batched ensemble.
 ENSEMBLE_VARYING = ("alpha", "dropout", "label_noise", "lr", "sgld_temperature", "seed",
-                    "early_stop_loss")
+                    "early_stop_loss", "ltilde", "weight_decay")
+#: Fields added with the leaky ResNet: written by :meth:`TrainConfig.to_dict` only when they
+#: differ from their defaults, so the config hashes (store keys) of earlier runs stay valid.
+EXTENSION_FIELDS = ("ltilde", "step_scheme", "weight_decay", "adapt_every", "probe_bottleneck",
+                    "bottleneck_gamma0")
 
 
 @dataclass(frozen=True)
@@ -87,14 +111,14 @@ class TrainConfig:
     """
 
     # --- data
-    dataset: str = "mnist"          # mnist | fashion-mnist | cifar10 | gaussian | npz
+    dataset: str = "mnist"          # mnist | fashion-mnist | cifar10 | gaussian | npz | teacher
     data_root: str | None = None    # source dir (fashion-mnist, cifar10) or the .npz file
     image_size: int | None = 10     # resize to image_size x image_size (antialiased); None: native
     n_train: int | None = 2560      # fixed training subset size (None: all)
     subset_seed: int = 0            # seed of the fixed subset (same for every run)
     # --- model
-    model: str = "mlp"              # mlp | cnn
-    depth: int = 7                  # hidden blocks L_h
+    model: str = "mlp"              # mlp | cnn | leaky_resnet
+    depth: int = 7                  # hidden blocks L_h (leaky_resnet: residual steps L)
     width: int = 100                # MLP hidden width / CNN channels (use 20 for the CNN)
     alpha: float = 0.0              # LeakyReLU negative slope: 0 = ReLU, 1 = linear
     batch_norm: bool = True         # input + hidden BatchNorm
@@ -119,6 +143,13 @@ class TrainConfig:
     # --- execution
     device: str = "cpu"             # cpu | cuda | cuda:N | auto (cuda if available)
     dtype: str = "float32"          # float32 | float64
+    # --- leaky ResNet (model="leaky_resnet"; SPEC §3.1, §5.2); ignored by the MLP and CNN
+    ltilde: float = 1.0             # effective depth L~: h <- (1 - rho L~) h + rho W sigma(h)
+    step_scheme: str = "equidistant"  # equidistant | irregular | adaptive (rho re-set in training)
+    weight_decay: float = 0.0       # lambda: loss += lambda/(2 L~) sum_l rho_l |W_l|_F^2
+    adapt_every: int = 10           # adaptive scheme: epochs between mesh re-sets
+    probe_bottleneck: bool = False  # bottleneck measures at every probe (always at the end)
+    bottleneck_gamma0: float = 1e-3  # relative ridge gamma0 of COI and kinetic energy
 
     def __post_init__(self):
         def bad(name, why):
@@ -133,7 +164,7 @@ class TrainConfig:
         if str(self.dataset).lower() not in _ALIASES and not str(self.dataset).endswith(".npz"):
             bad("dataset", f"unknown; choose one of {DATASETS} or a .npz path")
         for name, lo in (("depth", 1), ("width", 1), ("epochs", 1), ("probe_every", 0),
-                         ("subset_seed", 0), ("seed", 0)):
+                         ("subset_seed", 0), ("seed", 0), ("adapt_every", 1)):
             v = getattr(self, name)
             if not is_int(v) or v < lo:
                 bad(name, f"must be an integer >= {lo}")
@@ -154,32 +185,62 @@ class TrainConfig:
             v = getattr(self, name)
             if not is_num(v) or not (math.isfinite(v) and v > 0):
                 bad(name, "must be finite and > 0")
-        for name in ("sgld_temperature", "early_stop_loss"):
+        for name in ("sgld_temperature", "early_stop_loss", "ltilde", "weight_decay"):
             v = getattr(self, name)
             if not is_num(v) or not (math.isfinite(v) and v >= 0):
                 bad(name, "must be finite and >= 0")
-        for name, allowed in (("model", ("mlp", "cnn")), ("optimizer", ("adam", "sgd")),
+        for name, allowed in (("model", ("mlp", "cnn", "leaky_resnet")), ("optimizer", ("adam", "sgd")),
                               ("loss", ("ce", "mse")), ("probe_on", ("train", "test")),
                               ("probe_features", ("post", "pre")),
                               ("probe_mode", ("eval", "batch")),
-                              ("dtype", ("float32", "float64"))):
+                              ("dtype", ("float32", "float64")), ("step_scheme", STEP_SCHEMES)):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}")
         if not isinstance(self.batch_norm, bool):
             bad("batch_norm", "must be a bool")
         if not isinstance(self.probe_accuracy, bool):
             bad("probe_accuracy", "must be a bool")
+        if not isinstance(self.probe_bottleneck, bool):
+            bad("probe_bottleneck", "must be a bool")
+        g0 = self.bottleneck_gamma0
+        if not is_num(g0) or not (math.isfinite(g0) and 0 < g0 < 1):
+            bad("bottleneck_gamma0", "must be in (0, 1)")
+        if str(self.dataset).lower() == "teacher" and self.loss != "mse":
+            bad("loss", "the teacher data set is a regression task: use loss='mse'")
+        if self.model == "leaky_resnet":
+            if self.alpha != 0:
+                bad("alpha", "the leaky ResNet's nonlinearity is ReLU: alpha must be 0")
+            if self.dropout != 0:
+                bad("dropout", "the leaky ResNet has no dropout: must be 0")
+            if self.probe_features != "post":
+                bad("probe_features", "the leaky ResNet's features are its residual stream: use 'post'")
+            rho_lt = step_sizes(self.step_scheme, self.depth) * self.ltilde
+            if rho_lt.max() >= 2.0:
+                bad("ltilde", f"unstable with depth={self.depth} and step_scheme={self.step_scheme!r}: "
+                              f"max rho_l * ltilde = {rho_lt.max():.3g} >= 2")
         dev = str(self.device)
         if not (dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             bad("device", "must be cpu, cuda, cuda:N or auto")
 
     def to_dict(self) -> dict:
-        """All fields as plain Python values (for records and JSON)."""
-        return dataclasses.asdict(self)
+        """All fields as plain Python values (for records and JSON).
+
+        The leaky-ResNet fields (:data:`EXTENSION_FIELDS`) are left out while they hold their
+        defaults, so configs of earlier versions keep their hash (:func:`phase_diagrams.spec.task_key`);
+        ``TrainConfig(**c.to_dict()) == c`` always holds.
+        """
+        d = dataclasses.asdict(self)
+        for name in EXTENSION_FIELDS:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        return d
 
     def replace(self, **changes) -> TrainConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -213,6 +274,18 @@ class History:
     n_classes : int
     state_dict : dict of tensors
         Final weights in the single-model layout (not part of :meth:`to_record`).
+    task : ``"classification"`` or ``"regression"``
+    test_loss : float
+        Test loss (MSE for regression; cross-entropy / MSE of the logits for classification)
+        — leaky ResNets and regression only, else NaN.
+    rho : float64 ``(L,)`` or None
+        Final layer step sizes (leaky ResNet).
+    rho_trajectory : list of ``(epoch, rho list)`` or None
+        Every mesh the network trained on (the adaptive scheme re-sets it).
+    bottleneck : dict or None
+        :func:`nets.bottleneck.layer_measures` at the final probe (leaky ResNet).
+    bottleneck_trajectory : list of dict or None
+        ``{"epoch", "coi", "k_hat", "kinetic", "speed"}`` at every probe (``probe_bottleneck``).
     """
 
     config: TrainConfig
@@ -228,6 +301,12 @@ class History:
     ensemble_size: int
     n_classes: int
     state_dict: dict = field(default_factory=dict, repr=False)
+    task: str = "classification"
+    test_loss: float = float("nan")
+    rho: np.ndarray | None = None
+    rho_trajectory: list | None = None
+    bottleneck: dict | None = None
+    bottleneck_trajectory: list | None = None
 
     @property
     def final_curve(self) -> np.ndarray:
@@ -264,6 +343,14 @@ class History:
             ensemble_size=int(self.ensemble_size),
             n_classes=int(self.n_classes),
         )
+        if self.task != "classification" or self.rho is not None:
+            rec.update(task=self.task, test_loss=float(self.test_loss))
+        if self.rho is not None:
+            rec.update(rho=self.rho.tolist(), rho_trajectory=self.rho_trajectory,
+                       loads_per_depth=per_depth_loads(self.final_curve, self.rho).tolist())
+        if self.bottleneck is not None:
+            rec.update(bottleneck=self.bottleneck, **bottleneck_summary(self.bottleneck))
+            rec.update(bottleneck_trajectory=self.bottleneck_trajectory)
         return rec
 
 
@@ -301,7 +388,8 @@ def noisy_batch(x: torch.Tensor, y: torch.Tensor, p: float, n_classes: int,
     """Label + input noise of strength ``p`` on one batch (new tensors; inputs untouched).
 
     ``k = ⌊p·B⌋`` positions are chosen by ``randperm(B)[:k]`` and their labels replaced by
-    ``randint(K)`` (possibly equal to the old label); then ``x + p · std(x) · N(0, 1)`` with
+    ``randint(K)`` (possibly equal to the old label; float regression targets ``(B, d)`` are
+    replaced by the targets of the samples ``randint(B)``); then ``x + p · std(x) · N(0, 1)`` with
     ``std`` over all entries of the batch (unbiased). Draws, in order: randperm, randint, randn
     from ``gen``; nothing when ``p == 0``.
     """
@@ -312,7 +400,11 @@ def noisy_batch(x: torch.Tensor, y: torch.Tensor, p: float, n_classes: int,
     if k > 0:
         idx = torch.randperm(b, generator=gen, device=gen.device)[:k].to(y.device)
         y = y.clone()
-        y[idx] = torch.randint(n_classes, (k,), generator=gen, device=gen.device).to(y.device)
+        if y.is_floating_point():  # regression: the targets of uniformly drawn batch samples
+            src = torch.randint(b, (k,), generator=gen, device=gen.device).to(y.device)
+            y[idx] = y[src]
+        else:
+            y[idx] = torch.randint(n_classes, (k,), generator=gen, device=gen.device).to(y.device)
     noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
     return x + (p * x.std()) * noise, y
 
@@ -327,6 +419,8 @@ def _epoch_batches(n: int, bs: int, gen: torch.Generator) -> list[torch.Tensor] 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     """Mean loss over the batch (last two dims of ``logits`` are ``(B, K)``); leading dims kept."""
+    if y.is_floating_point():  # regression targets (..., B, d): mean squared error
+        return ((logits - y) ** 2).mean((-2, -1))
     if kind == "ce":
         per = F.cross_entropy(logits.reshape(-1, k), y.reshape(-1), reduction="none")
         return per.view(y.shape).mean(-1)
@@ -407,8 +501,47 @@ def _accuracy_ensemble(ens, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return acc
 
 
-def _probe_single(model, x, labels_np, k, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Features of the clean probe set → (log D curve, trace-ratio curve). No RNG, no state."""
+def _regression_curves(feats, e: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """log D needs classes: NaN curves for regression data."""
+    nan = np.full(len(feats), np.nan)
+    return [(nan.copy(), nan.copy()) for _ in range(e)]
+
+
+def _mse_single(model, x, y) -> float:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        total = sum(float(((model(x[a:b]) - y[a:b]) ** 2).double().sum()) for a, b in _eval_chunks(len(y)))
+    model.train(was)
+    return total / y.numel()
+
+
+def _mse_ensemble(ens, x, y) -> np.ndarray:
+    was = ens.training
+    ens.eval()
+    e = ens.n_members
+    total = torch.zeros(e, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in _eval_chunks(len(y)):
+            xs = x[a:b].unsqueeze(0).expand(e, *x[a:b].shape)
+            total += ((ens(xs) - y[a:b]) ** 2).double().sum((1, 2)).cpu()
+    ens.train(was)
+    return total.numpy() / y.numel()
+
+
+def _test_loss_ensemble(ens, x, y, kind, k) -> np.ndarray:
+    was = ens.training
+    ens.eval()
+    e = ens.n_members
+    with torch.no_grad():
+        out = _loss(ens(x.unsqueeze(0).expand(e, *x.shape)), y.unsqueeze(0).expand(e, *y.shape), kind, k)
+    ens.train(was)
+    return out.double().cpu().numpy()
+
+
+def _probe_single(model, x, labels_np, k, cfg, task="classification", with_feats=False):
+    """Features of the clean probe set → (log D curve, trace-ratio curve) (and the features
+    when ``with_feats``). No RNG, no state."""
     was = model.training
     with torch.no_grad():
         if cfg.probe_mode == "batch":
@@ -419,10 +552,14 @@ def _probe_single(model, x, labels_np, k, cfg) -> tuple[np.ndarray, np.ndarray]:
             parts = [model.forward_features(x[a:b], cfg.probe_features)[1] for a, b in _eval_chunks(len(x))]
             feats = [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
     model.train(was)
-    return _curves([f.unsqueeze(0) for f in feats], labels_np, k)[0]
+    if task == "regression":
+        curves = _regression_curves(feats, 1)[0]
+    else:
+        curves = _curves([f.unsqueeze(0) for f in feats], labels_np, k)[0]
+    return (curves, feats) if with_feats else curves
 
 
-def _probe_ensemble(ens, x, labels_np, k, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
+def _probe_ensemble(ens, x, labels_np, k, cfg, task="classification", with_feats=False):
     was = ens.training
     e = ens.n_members
     with torch.no_grad():
@@ -440,7 +577,59 @@ def _probe_ensemble(ens, x, labels_np, k, cfg) -> list[tuple[np.ndarray, np.ndar
                 parts.append(ens.forward_features(xs, cfg.probe_features)[1])
             feats = [torch.cat([p[i] for p in parts], dim=1) for i in range(len(parts[0]))]
     ens.train(was)
-    return _curves(feats, labels_np, k)
+    if task == "regression":
+        curves = _regression_curves(feats, ens.n_members)
+    else:
+        curves = _curves(feats, labels_np, k)
+    return (curves, feats) if with_feats else curves
+
+
+def _stream(model, x) -> list[torch.Tensor]:
+    """Residual stream ``h_0..h_L`` of a (single or ensemble) leaky ResNet on clean inputs, eval
+    mode, no RNG: ``(N, w)`` per layer, or ``(E, N, w)`` for an ensemble."""
+    was = model.training
+    model.eval()
+    ens = isinstance(model, EnsembleLeakyResNet)
+    with torch.no_grad():
+        parts = []
+        for a, b in _eval_chunks(len(x)):
+            xb = x[a:b].unsqueeze(0).expand(model.n_members, *x[a:b].shape) if ens else x[a:b]
+            parts.append(model.forward_features(xb)[1])
+    model.train(was)
+    return [torch.cat([p[i] for p in parts], dim=1 if ens else 0) for i in range(len(parts[0]))]
+
+
+def _bottleneck(track, feats, weights, epoch: int, final: bool) -> None:
+    """Bottleneck measures of one leaky ResNet into its track (every probe or the final one)."""
+    cfg = track.cfg
+    if not (final or cfg.probe_bottleneck):
+        return
+    if not all(bool(torch.isfinite(f).all()) for f in feats):
+        return  # a diverged network: nothing to measure
+    m = layer_measures(feats, track.rho, cfg.ltilde, weights=weights if final else None,
+                       gamma0=cfg.bottleneck_gamma0, n_singular=20)
+    if cfg.probe_bottleneck:
+        track.btraj.append(dict(epoch=int(epoch), coi=m["coi"], k_hat=m["k_hat"], kinetic=m["kinetic"],
+                                speed=m["speed"]))
+    if final:
+        track.bottleneck = m
+
+
+def _adapt_due(track, epoch: int) -> bool:
+    cfg = track.cfg
+    return (cfg.model == "leaky_resnet" and cfg.step_scheme == "adaptive" and track.active
+            and epoch % cfg.adapt_every == 0 and epoch <= cfg.epochs - cfg.adapt_every)
+
+
+def _adapt(track, feats, epoch: int) -> np.ndarray | None:
+    """New mesh of one member from its stream (adaptive scheme); None if the stream is not finite."""
+    speeds = relative_speeds(feats, track.rho)
+    if not np.all(np.isfinite(speeds)):
+        log.warning("adaptive steps: non-finite speeds at epoch %d, mesh kept", epoch)
+        return None
+    track.rho = adaptive_steps(speeds, track.rho, track.cfg.ltilde)
+    track.rho_traj.append((int(epoch), track.rho.tolist()))
+    return track.rho
 
 
 class _Track:
@@ -458,6 +647,13 @@ class _Track:
         self.active = True
         self.state_dict: dict = {}
         self.test_accuracy = float("nan")
+        self.test_loss = float("nan")
+        self.task = "classification"
+        leaky = cfg.model == "leaky_resnet"
+        self.rho = step_sizes(cfg.step_scheme, cfg.depth) if leaky else None
+        self.rho_traj = [(0, self.rho.tolist())] if leaky else None
+        self.bottleneck = None
+        self.btraj: list = []
 
     def probe_due(self, epoch: int) -> bool:
         pe = self.cfg.probe_every
@@ -478,6 +674,12 @@ class _Track:
             ensemble_size=size,
             n_classes=k,
             state_dict=self.state_dict,
+            task=self.task,
+            test_loss=self.test_loss,
+            rho=None if self.rho is None else np.array(self.rho),
+            rho_trajectory=self.rho_traj,
+            bottleneck=self.bottleneck,
+            bottleneck_trajectory=self.btraj if self.cfg.probe_bottleneck else None,
         )
 
 
@@ -492,12 +694,15 @@ def _tensors(ds: Dataset, cfg: TrainConfig, dev, dtype):
     def t(a, dt):
         return torch.from_numpy(np.array(a)).to(device=dev, dtype=dt)
 
-    x, y = t(ds.x_train, dtype), t(ds.y_train, torch.long)
-    xt, yt = t(ds.x_test, dtype), t(ds.y_test, torch.long)
+    ytype = dtype if ds.task == "regression" else torch.long
+    x, y = t(ds.x_train, dtype), t(ds.y_train, ytype)
+    xt, yt = t(ds.x_test, dtype), t(ds.y_test, ytype)
     if cfg.probe_on == "train":
         xp, yp = x, ds.y_train
     else:
         xp, yp = xt, ds.y_test
+    if ds.task == "regression":  # labels are only used by log D, which regression data lacks
+        return x, y, xt, yt, xp, None, cfg.batch_size or len(y)
     bs = cfg.batch_size or len(y)
     if bs > len(y):
         raise ValueError(f"TrainConfig.batch_size={bs} is larger than the {len(y)} training samples")
@@ -506,6 +711,10 @@ def _tensors(ds: Dataset, cfg: TrainConfig, dev, dtype):
 
 def _make_model(cfg: TrainConfig, ds: Dataset, init_seed: int, dev, dtype):
     torch.manual_seed(init_seed)
+    if cfg.model == "leaky_resnet":
+        model = LeakyResNet(ds.input_dim, cfg.width, cfg.depth, ds.n_classes, ltilde=cfg.ltilde,
+                            step_scheme=cfg.step_scheme, weight_decay=cfg.weight_decay)
+        return model.to(device=dev, dtype=dtype)
     model = build_model(cfg.model, ds.input_shape, width=cfg.width, depth=cfg.depth,
                         n_classes=ds.n_classes, alpha=cfg.alpha, dropout=cfg.dropout,
                         batch_norm=cfg.batch_norm)
@@ -548,13 +757,19 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None, cache_dir=None
         gen = torch.Generator(device=dev).manual_seed(noise_seed)
         sgld = _sgld_scale(cfg)
 
+        leaky = cfg.model == "leaky_resnet"
+        tr.task = ds.task
+
         def probe(epoch):
-            d, t = _probe_single(model, xp, yp, k, cfg)
+            (d, t), feats = _probe_single(model, xp, yp, k, cfg, ds.task, with_feats=True)
             tr.probe_epochs.append(epoch)
             tr.curves.append(d)
             tr.traces.append(t)
-            if cfg.probe_accuracy:
+            if cfg.probe_accuracy and ds.task == "classification":
                 tr.probe_acc.append(_accuracy_single(model, xt, yt))
+            if leaky:
+                final = (not tr.active) or epoch == cfg.epochs
+                _bottleneck(tr, feats, model.layer_weights(), epoch, final)
 
         if cfg.probe_every > 0:
             probe(0)
@@ -567,6 +782,8 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None, cache_dir=None
                 xb, yb = (x, y) if idx is None else (x[idx], y[idx])
                 xb, yb = noisy_batch(xb, yb, cfg.label_noise, k, gen)
                 loss = _loss(model(xb), yb, cfg.loss, k)
+                if leaky:
+                    loss = loss + model.regularizer()
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
                     tr.status, tr.active = "diverged", False
@@ -588,9 +805,20 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None, cache_dir=None
             log.debug("epoch %d loss %.6g", epoch, epoch_loss)
             if tr.probe_due(epoch):
                 probe(epoch)
+            if _adapt_due(tr, epoch):
+                new = _adapt(tr, _stream(model, x), epoch)
+                if new is not None:
+                    model.set_rho(new)
             if not tr.active:
                 break
-        tr.test_accuracy = _accuracy_single(model, xt, yt)
+        if ds.task == "regression":
+            tr.test_loss = _mse_single(model, xt, yt)
+        else:
+            tr.test_accuracy = _accuracy_single(model, xt, yt)
+            if leaky:
+                with torch.no_grad():
+                    tr.test_loss = float(_loss(model.eval()(xt), yt, cfg.loss, k))
+                model.train()
         tr.state_dict = {n_: v.detach().cpu().clone() for n_, v in model.state_dict().items()}
     wall = time.perf_counter() - t0
     log.info("trained %s alpha=%g seed=%d: %s after %d epochs, test acc %.4f (%.1f s)",
@@ -736,7 +964,8 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
     with torch.random.fork_rng(devices=_fork_devices(dev)):
         seeds = [stream_seeds(c.seed) for c in cfgs]
         members = [_make_model(c, ds, s[0], dev, dtype) for c, s in zip(cfgs, seeds, strict=True)]
-        ens = build_ensemble(members).to(dev)
+        leaky = ref.model == "leaky_resnet"
+        ens = (EnsembleLeakyResNet.from_members(members) if leaky else build_ensemble(members)).to(dev)
         del members
         gens = [torch.Generator(device=dev).manual_seed(s[1]) for s in seeds]
         ens.dropout_generators = [torch.Generator(device=dev).manual_seed(s[2]) for s in seeds]
@@ -746,15 +975,22 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
         any_label_noise = any(c.label_noise > 0 for c in cfgs)
         frozen: dict[int, dict] = {}
 
+        for t in tracks:
+            t.task = ds.task
+
         def probe(epoch, which):
-            res = _probe_ensemble(ens, xp, yp, k, ref)
-            acc = _accuracy_ensemble(ens, xt, yt) if ref.probe_accuracy else None
+            res, feats = _probe_ensemble(ens, xp, yp, k, ref, ds.task, with_feats=True)
+            acc = _accuracy_ensemble(ens, xt, yt) if ref.probe_accuracy and ds.task == "classification" else None
             for m in which:
                 tracks[m].probe_epochs.append(epoch)
                 tracks[m].curves.append(res[m][0])
                 tracks[m].traces.append(res[m][1])
                 if acc is not None:
                     tracks[m].probe_acc.append(float(acc[m]))
+                if leaky:
+                    final = (not tracks[m].active) or epoch == ref.epochs
+                    weights = [ens.p("weights")[m, ell].detach() for ell in range(ref.depth)]
+                    _bottleneck(tracks[m], [f[m] for f in feats], weights, epoch, final)
 
         if ref.probe_every > 0:
             probe(0, range(e_count))
@@ -772,7 +1008,7 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
             for s in range(n_steps):
                 if full_batch:
                     xb = x.unsqueeze(0).expand(e_count, *x.shape)
-                    yb = y.unsqueeze(0).expand(e_count, n)
+                    yb = y.unsqueeze(0).expand(e_count, *y.shape)
                 else:
                     idx = perm_all[:, s]
                     xb, yb = x[idx], y[idx]
@@ -782,6 +1018,8 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
                     xb = torch.stack([p[0] for p in pairs])
                     yb = torch.stack([p[1] for p in pairs])
                 losses = _loss(ens(xb), yb, ref.loss, k)
+                if leaky:
+                    losses = losses + ens.regularizer()
                 lv = losses.detach().double().cpu().numpy()
                 if not np.isfinite(lv[live]).all():
                     for m in live:
@@ -823,11 +1061,24 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
                    if (m in live or m in stopping) and tracks[m].probe_due(epoch)]
             if due:
                 probe(epoch, due)
+            adapt = [m for m in range(e_count) if _adapt_due(tracks[m], epoch)]
+            if adapt:
+                stream = _stream(ens, x)
+                for m in adapt:
+                    new = _adapt(tracks[m], [f[m] for f in stream], epoch)
+                    if new is not None:
+                        ens.set_rho(m, new)
             if stopping or epoch == ref.epochs:
-                acc = _accuracy_ensemble(ens, xt, yt)
+                if ds.task == "regression":
+                    acc = np.full(e_count, np.nan)
+                    tl = _mse_ensemble(ens, xt, yt)
+                else:
+                    acc = _accuracy_ensemble(ens, xt, yt)
+                    tl = _test_loss_ensemble(ens, xt, yt, ref.loss, k) if leaky else np.full(e_count, np.nan)
                 for m in range(e_count):
                     if m in stopping or (epoch == ref.epochs and tracks[m].active):
                         tracks[m].test_accuracy = float(acc[m])
+                        tracks[m].test_loss = float(tl[m])
                         frozen[m] = _snapshot(ens, m)
             if all(not t.active for t in tracks):
                 break

@@ -33,6 +33,10 @@ _LAZY = {
     "plot_load_curve_grid": "phase_diagrams.simulated",
     "plot_curvature_heatmap": "phase_diagrams.simulated",
     "friction_for": "phase_diagrams.simulated",
+    "mesh_grid": "phase_diagrams.simulated",
+    "run_bottleneck": "phase_diagrams.bottleneck",
+    "teacher_study": "phase_diagrams.bottleneck",
+    "load_curve_study": "phase_diagrams.bottleneck",
 }
 
 __all__ = sorted(_LAZY) + ["jobs"]

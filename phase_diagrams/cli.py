@@ -24,6 +24,9 @@ Commands (each calls one documented Python function)
     Print a preset as TOML, to copy and edit (:func:`phase_diagrams.spec.spec_to_toml`).
 ``simulate [--preset P|all] [--out DIR] ...``
     The stand-alone simulated diagrams (:func:`phase_diagrams.simulated.run_simulated_diagrams`).
+``bottleneck [--study teacher|load] [--out DIR] [--ltilde 1,2,4,8,16] [--schemes ...] [--epochs N] ...``
+    Leaky-ResNet bottleneck studies and their figures (:func:`phase_diagrams.bottleneck.run_bottleneck`):
+    singular values across depth, COI / kinetic energy / k̂ along the depth, load curves.
 """
 
 from __future__ import annotations
@@ -109,6 +112,20 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--mu-max", type=float, default=0.1)
     sim.add_argument("--ratio", type=float, default=2.0)
+
+    b = sub.add_parser("bottleneck", help="leaky-ResNet bottleneck studies (teacher k* = 3, or load curves)")
+    b.add_argument("--study", default="teacher", choices=("teacher", "load"))
+    b.add_argument("--out", default="figures", help="output directory (default figures/)")
+    b.add_argument("--ltilde", default="1,2,4,8,16", help="effective depths, comma-separated")
+    b.add_argument("--schemes", default="equidistant,irregular,adaptive", help="step schemes, comma-separated")
+    b.add_argument("--dataset", default=None, help="load study: mnist (default) or fashion-mnist")
+    b.add_argument("--epochs", type=int, default=None)
+    b.add_argument("--lr", type=float, default=None)
+    b.add_argument("--weight-decay", type=float, default=None, help="lambda")
+    b.add_argument("--n-train", type=int, default=None)
+    b.add_argument("--adapt-every", type=int, default=None)
+    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--data", default=None, help="MNIST cache dir (default $SPRINGBLOCK_DATA or ./data)")
     return ap
 
 
@@ -126,7 +143,8 @@ def _print_summary(summary) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate", "fit")), 2)
+    level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate", "fit",
+                                                                         "bottleneck")), 2)
     logging.basicConfig(level=level, format="%(message)s")
     from phase_diagrams import jobs
     from phase_diagrams.spec import SpecError
@@ -197,6 +215,17 @@ def main(argv=None) -> int:
                 print(f"{preset:>15}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
             print(f"wrote {args.out}/simulated_*.png|pdf and simulated_diagrams.csv in "
                   f"{time.perf_counter() - t0:.1f} s")
+        elif args.command == "bottleneck":
+            from phase_diagrams.bottleneck import SUMMARY_COLUMNS, run_bottleneck
+
+            over = {k: v for k, v in (("dataset", args.dataset), ("epochs", args.epochs), ("lr", args.lr),
+                                      ("weight_decay", args.weight_decay), ("n_train", args.n_train),
+                                      ("adapt_every", args.adapt_every)) if v is not None}
+            df = run_bottleneck(args.out, args.study, ltildes=[float(v) for v in args.ltilde.split(",")],
+                                schemes=[v.strip() for v in args.schemes.split(",")], seed=args.seed,
+                                cache_dir=args.data, **over)
+            _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
+            print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
     except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)

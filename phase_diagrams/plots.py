@@ -35,6 +35,10 @@ __all__ = [
     "plot_all",
 ]
 
+#: Row-axis labels of the figures, by the spec's row field.
+ROW_LABELS = {"alpha": "alpha (LeakyReLU slope; 0 = ReLU)", "ltilde": "effective depth L̃"}
+_ALPHA = ROW_LABELS["alpha"]
+
 _SHORT = {"concave": "cc", "linear": "lin", "convex": "cv", "undefined": "?", "missing": "–", "diverged": "div"}
 
 
@@ -50,7 +54,8 @@ def _order(cells: pd.DataFrame):
 
 
 def _draw_grid(fig, cells: pd.DataFrame, shade: str, cmap, norm, *, title: str, col_label: str,
-               bar_label: str, curve: str = "curve", col_key: str = "col_value", rect=(0.0, 1.0)):
+               bar_label: str, curve: str = "curve", col_key: str = "col_value", rect=(0.0, 1.0),
+               row_label: str = _ALPHA):
     """Draw the cell grid into the horizontal slice ``rect = (x0, x1)`` of ``fig`` (figure
     coordinates) with its colour bar on the right. A fixed grid layout: matplotlib's constrained
     layout took ~2 s per 48-cell figure."""
@@ -80,7 +85,7 @@ def _draw_grid(fig, cells: pd.DataFrame, shade: str, cmap, norm, *, title: str, 
             if b == 0:
                 ax.set_ylabel(_fmt(r["row_value"]), fontsize=7)
     fig.text(x0 + 0.47 * w, 0.035, f"{col_label} (more noise to the left)", ha="center", fontsize=8)
-    fig.text(x0 + 0.012 * w, 0.5, "alpha (LeakyReLU slope; 0 = ReLU)", va="center", rotation=90, fontsize=8)
+    fig.text(x0 + 0.012 * w, 0.5, row_label, va="center", rotation=90, fontsize=8)
     fig.text(x0 + 0.47 * w, 0.94, title, ha="center", fontsize=9)
     cax = fig.add_axes((x0 + 0.885 * w, 0.2, 0.018 * w, 0.6))
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=bar_label)
@@ -104,44 +109,45 @@ def _size(cells, extra_w=1.6):
     return 1.15 * len(cols) + extra_w, 1.0 * len(rows) + 1.0
 
 
-def plot_measured_grid(cells: pd.DataFrame, title: str = "measured load curves", col_label: str = "noise"):
+def plot_measured_grid(cells: pd.DataFrame, title: str = "measured load curves", col_label: str = "noise",
+                       row_label: str = _ALPHA):
     """The original figure: normalised mean load curve per cell over grey shaded by test accuracy
     (darker = more accurate). ``cells``: :func:`~phase_diagrams.compare.measured_cells`."""
     fig = plt.figure(figsize=_size(cells))
     _draw_grid(fig, cells, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(cells), title=title,
-               col_label=col_label, bar_label="test accuracy")
+               col_label=col_label, bar_label="test accuracy", row_label=row_label)
     return fig
 
 
-def plot_simulated_grid(cells: pd.DataFrame, title: str = "spring-block chain"):
+def plot_simulated_grid(cells: pd.DataFrame, title: str = "spring-block chain", row_label: str = _ALPHA):
     """Simulated cells (``y − x_l``), background shaded by c/Σd (red convex, blue concave); the
     columns are labelled with their noise amplitude eps.
     ``cells``: :func:`~phase_diagrams.compare.simulated_cells`."""
     fig = plt.figure(figsize=_size(cells))
     _draw_grid(fig, cells, "normalized_curvature", plt.get_cmap("coolwarm"),
                _curvature_norm(cells["normalized_curvature"]), title=title, col_label="eps",
-               bar_label="c / Σd (>0 convex)", col_key="eps")
+               bar_label="c / Σd (>0 convex)", col_key="eps", row_label=row_label)
     return fig
 
 
 def plot_side_by_side(measured: pd.DataFrame, simulated: pd.DataFrame, *, title: str = "",
-                      col_label: str = "noise", preset: str = ""):
+                      col_label: str = "noise", preset: str = "", row_label: str = _ALPHA):
     """Measured | simulated, one figure: left the measured grid (accuracy shading), right the
     chain (c/Σd shading), cells in the same places."""
     w, h = _size(measured)
     fig = plt.figure(figsize=(2 * w, h + 0.3))
     _draw_grid(fig, measured, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(measured),
                title=f"{title}: measured log D per layer".strip(": "), col_label=col_label,
-               bar_label="test accuracy", rect=(0.0, 0.5))
+               bar_label="test accuracy", rect=(0.0, 0.5), row_label=row_label)
     _draw_grid(fig, simulated, "normalized_curvature", plt.get_cmap("coolwarm"),
                _curvature_norm(simulated["normalized_curvature"]),
                title=f"simulated: y − x per block ({preset})", col_label="eps", bar_label="c / Σd",
-               col_key="eps", rect=(0.5, 1.0))
+               col_key="eps", rect=(0.5, 1.0), row_label=row_label)
     return fig
 
 
 def plot_heatmap(cells: pd.DataFrame, value: str = "normalized_curvature", title: str = "",
-                 col_label: str = "noise", col_key: str = "col_value"):
+                 col_label: str = "noise", col_key: str = "col_value", row_label: str = "alpha"):
     """Heat map of ``value`` (default c/Σd) over the grid, each cell labelled with its regime."""
     rows, cols = _order(cells)
     table = cells.set_index(["row", "col"])
@@ -161,7 +167,7 @@ def plot_heatmap(cells: pd.DataFrame, value: str = "normalized_curvature", title
     ax.set_xticks(range(len(cols)), [_fmt(v) for v in cols[col_key]], fontsize=7)
     ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows["row_value"]], fontsize=7)
     ax.set_xlabel(f"{col_label} (more noise to the left)")
-    ax.set_ylabel("alpha")
+    ax.set_ylabel(row_label)
     ax.set_title(title or value, fontsize=9)
     fig.colorbar(im, ax=ax, label=value)
     return fig
@@ -257,11 +263,12 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
         raise ValueError(f"sweep {sweep!r} has no results in {store.path} yet")
     cells = measured_cells(runs, spec)
     col = spec.columns.field
+    rl = ROW_LABELS.get(spec.rows.field, spec.rows.field)
     written: list[Path] = []
     _save(plot_measured_grid(cells, f"{sweep}: measured load curves ({spec.train.model}, {spec.train.dataset})",
-                             col), out / f"{sweep}_measured", written)
-    _save(plot_heatmap(cells, title=f"{sweep}: measured c / Σd", col_label=col), out / f"{sweep}_measured_curvature",
-          written)
+                             col, row_label=rl), out / f"{sweep}_measured", written)
+    _save(plot_heatmap(cells, title=f"{sweep}: measured c / Σd", col_label=col, row_label=spec.rows.field),
+          out / f"{sweep}_measured_curvature", written)
     acc, lin, rho = accuracy_linearity(cells)
     _save(plot_accuracy_vs_linearity(acc, lin, rho, sweep), out / f"{sweep}_accuracy_vs_linearity", written)
     sim = store.simulated(sweep)
@@ -269,11 +276,12 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
         presets = list(dict.fromkeys(sim["preset"]))
         for preset in presets:
             sc = simulated_cells(sim, spec, preset)
-            _save(plot_simulated_grid(sc, f"{sweep}: chain, friction preset {preset}"),
+            _save(plot_simulated_grid(sc, f"{sweep}: chain, simulator preset {preset}", row_label=rl),
                   out / f"{sweep}_simulated_{preset}", written)
-            _save(plot_side_by_side(cells, sc, title=sweep, col_label=col, preset=preset),
+            _save(plot_side_by_side(cells, sc, title=sweep, col_label=col, preset=preset, row_label=rl),
                   out / f"{sweep}_side_by_side_{preset}", written)
-            _save(plot_heatmap(sc, title=f"{sweep}: simulated c / Σd ({preset})", col_label="eps", col_key="eps"),
+            _save(plot_heatmap(sc, title=f"{sweep}: simulated c / Σd ({preset})", col_label="eps", col_key="eps",
+                               row_label=spec.rows.field),
                   out / f"{sweep}_simulated_{preset}_curvature", written)
         per_cell, summary = compare(cells, sim, spec)
         _save(plot_comparison(per_cell, summary, f"{sweep}: measured vs simulated"), out / f"{sweep}_comparison",
@@ -290,8 +298,8 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
         if not sim.empty:
             sp = sim[(sim["row"] == cell[0]) & (sim["col"] == cell[1])]
             s = sp.iloc[0] if not sp.empty else None
-        _save(plot_trajectories(c, s, f"{sweep}: cell alpha={_fmt(c['row_value'])}, {col}={_fmt(c['col_value'])}"),
-              out / f"{sweep}_trajectories", written)
+        label = f"{sweep}: cell {spec.rows.field}={_fmt(c['row_value'])}, {col}={_fmt(c['col_value'])}"
+        _save(plot_trajectories(c, s, label), out / f"{sweep}_trajectories", written)
     return written
 
 

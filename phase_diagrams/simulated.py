@@ -50,10 +50,15 @@ from springblock.observables import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "DiagramSpec", "friction_for", "simulate_diagram", "simulate_for_spec", "plot_load_curve_grid",
+__all__ = ["PRESETS", "MESH_PRESET", "SIM_PRESETS", "mesh_grid",
+           "DiagramSpec", "friction_for", "simulate_diagram", "simulate_for_spec", "plot_load_curve_grid",
            "plot_curvature_heatmap", "run_simulated_diagrams"]
 
 PRESETS = ("scale-both", "vary-forward", "vary-asymmetry")
+#: The leaky-ResNet counterpart (rows = effective depth L̃): :func:`mesh_grid`.
+MESH_PRESET = "mesh"
+#: Every simulator preset a grid spec may name.
+SIM_PRESETS = PRESETS + (MESH_PRESET,)
 DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_NOISES = tuple(float(v) for v in np.round(np.geomspace(0.3, 0.01, 8), 4))
 
@@ -227,6 +232,25 @@ def run_simulated_diagrams(out_dir="figures", presets=PRESETS, **spec_kw) -> pd.
     return table
 
 
+def mesh_grid(ltildes, eps, rho, *, kappa: float = 1.0, pin: float = 0.5, mu_max: float = 0.1, ratio: float = 2.0,
+              n_steps: int = 10_000) -> np.ndarray:
+    """The mesh chains of a leaky-ResNet diagram: object array ``(len(ltildes), len(eps))``.
+
+    Cell ``(i, j)``: :func:`springblock.params.mesh_chain` on the mesh ``rho`` with effective depth
+    ``ltildes[i]`` (springs ``k_ℓ ∝ 1/(L̃ ρ_ℓ)``, pinning ``κ_ℓ ∝ L̃ ρ_ℓ`` toward ``pin · y``), noise
+    ``eps[j]``, and the friction of a ReLU network under ``scale-both`` (``μ→ = mu_max``,
+    ``μ← = ratio · mu_max``); the original first-order chain otherwise (``η = 0.01``, ``y = 1``).
+    """
+    from springblock.params import mesh_chain
+
+    out = np.empty((len(ltildes), len(eps)), dtype=object)
+    for i, lt in enumerate(ltildes):
+        for j, e in enumerate(eps):
+            out[i, j] = mesh_chain(rho, float(lt), kappa=kappa, pin=pin, mu_forward=mu_max,
+                                   mu_backward=ratio * mu_max, eps=float(e), n_steps=n_steps)
+    return out
+
+
 def simulate_for_spec(spec, store=None, presets=None) -> pd.DataFrame:
     """The simulated counterpart of a sweep: every cell under each friction preset.
 
@@ -236,6 +260,10 @@ def simulate_for_spec(spec, store=None, presets=None) -> pd.DataFrame:
     parameters otherwise; ``spec.simulator`` gives chains, steps, seed and the trajectory record
     interval. One batched kernel call per preset. Rows are written to ``store`` (if given) and
     returned as a table with the columns of :meth:`~phase_diagrams.store.Store.simulated`.
+
+    Preset ``"mesh"`` (leaky-ResNet sweeps, rows = ``ltilde``): the cells are :func:`mesh_grid`
+    on the initial mesh of the spec's step scheme (``simulator.kappa``, ``simulator.pin``); the
+    store's ``alpha`` column then holds the row value L̃.
     """
     sim = spec.simulator
     presets = tuple(sim.presets if presets is None else presets)
@@ -243,11 +271,18 @@ def simulate_for_spec(spec, store=None, presets=None) -> pd.DataFrame:
     base = ChainParams(n_blocks=spec.train.depth, n_steps=sim.n_steps)
     frames = []
     for preset in presets:
-        grid = np.empty(spec.shape, dtype=object)
-        for i, a in enumerate(spec.rows.values):
-            mf, mb = friction_for(preset, float(a), sim.mu_max, sim.ratio)
-            for j in range(spec.shape[1]):
-                grid[i, j] = dataclasses.replace(base, mu_forward=mf, mu_backward=mb, eps=float(eps[j]))
+        if preset == MESH_PRESET:
+            from nets.resnet import step_sizes
+
+            rho = step_sizes(spec.train.step_scheme, spec.train.depth)
+            grid = mesh_grid(spec.rows.values, eps, rho, kappa=sim.kappa, pin=sim.pin, mu_max=sim.mu_max,
+                             ratio=sim.ratio, n_steps=sim.n_steps)
+        else:
+            grid = np.empty(spec.shape, dtype=object)
+            for i, a in enumerate(spec.rows.values):
+                mf, mb = friction_for(preset, float(a), sim.mu_max, sim.ratio)
+                for j in range(spec.shape[1]):
+                    grid[i, j] = dataclasses.replace(base, mu_forward=mf, mu_backward=mb, eps=float(eps[j]))
         t0 = time.perf_counter()
         res = simulate(grid, n_chains=sim.n_chains, seed=sim.seed, record_every=sim.record_every)
         log.info("simulated %s: %d cells x %d chains in %.1f s", preset, grid.size, sim.n_chains,

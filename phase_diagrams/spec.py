@@ -41,7 +41,14 @@ dropout            p in {0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3}                    
 batch-size         B in {5, 10, 20, 40, 80, 160, 640, 2560}                      100
 label-noise-small  p in {0, 0.2, 0.4, 0.6} (the README's main job)               100
 smoke              2 x 2 cells, Gaussian mixture, 256 points, batch 32 (tests)   4
+leaky-resnet       rows L~ in {1, 2, 4, 8, 16} (not alpha), label noise          100
+                   {0, 0.2, 0.4, 0.6}; leaky ResNet L = 20, w = 100, lambda = 1e-3
+leaky-resnet-smoke 2 x 2 cells of tiny leaky ResNets on the Gaussian mixture     3
 ================== ============================================================= =========
+
+The leaky-ResNet presets simulate the ``mesh`` counterpart (:func:`phase_diagrams.simulated.mesh_grid`):
+one chain per cell whose springs follow the network's mesh (``k_ℓ ∝ 1/(L̃ ρ_ℓ)``) with an on-site
+potential ``κ_ℓ ∝ L̃ ρ_ℓ`` (``simulator.kappa``, ``simulator.pin``); rows are L̃, not friction.
 
 Simulator mapping: row ``alpha`` → friction ``(mu->, mu<-)`` by each friction preset of
 :func:`phase_diagrams.simulated.friction_for`; column value → noise ``eps`` by ``eps_map``:
@@ -71,6 +78,7 @@ import numpy as np
 import tomllib
 
 from nets.train import TrainConfig
+from phase_diagrams.simulated import MESH_PRESET, SIM_PRESETS
 from phase_diagrams.simulated import PRESETS as FRICTION_PRESETS
 
 __all__ = [
@@ -133,6 +141,8 @@ class SimSpec:
     n_steps: int = 10_000              # time steps
     record_every: int = 100            # trajectory record interval (steps)
     seed: int = 0
+    kappa: float = 1.0                 # "mesh" preset: pinning strength kappa-bar
+    pin: float = 0.5                   # "mesh" preset: bottleneck position a = pin * y
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,25 @@ PRESETS: dict[str, dict] = {
     "batch-size": dict(_panel("batch-size", "batch_size", [5, 10, 20, 40, 80, 160, 640, 2560]),
                        simulator=dict(eps_map="rank")),
     "label-noise-small": _panel("label-noise-small", "label_noise", [0.0, 0.2, 0.4, 0.6]),
+    "leaky-resnet": dict(
+        name="leaky-resnet",
+        seeds=[1],
+        ensemble_size=5,
+        train=dict(model="leaky_resnet", depth=20, width=100, weight_decay=1e-3, epochs=100, probe_every=10),
+        rows=dict(field="ltilde", values=[1.0, 2.0, 4.0, 8.0, 16.0]),
+        columns=dict(field="label_noise", values=[0.0, 0.2, 0.4, 0.6]),
+        simulator=dict(presets=["mesh"]),
+    ),
+    "leaky-resnet-smoke": dict(
+        name="leaky-resnet-smoke",
+        seeds=[1],
+        ensemble_size=2,
+        train=dict(dataset="gaussian", n_train=128, image_size=4, model="leaky_resnet", depth=4, width=12,
+                   weight_decay=1e-3, epochs=3, probe_every=1),
+        rows=dict(field="ltilde", values=[1.0, 4.0]),
+        columns=dict(field="label_noise", values=[0.0, 0.5]),
+        simulator=dict(presets=["mesh"], n_chains=16, n_steps=500, record_every=50),
+    ),
     "smoke": dict(
         name="smoke",
         seeds=[1],
@@ -261,6 +290,7 @@ _AXIS_KEYS = {"field", "values"}
 _SIM_TYPES = {
     "presets": list, "mu_max": float, "ratio": float, "eps_map": str, "eps_min": float,
     "eps_max": float, "eps": list, "n_chains": int, "n_steps": int, "record_every": int, "seed": int,
+    "kappa": float, "pin": float,
 }
 
 
@@ -396,9 +426,9 @@ def _sim_spec(s: dict, columns: AxisSpec, rows: AxisSpec) -> SimSpec:
         kw[k] = float(v) if _SIM_TYPES[k] is float else v
     if "presets" in kw:
         for n, p in enumerate(kw["presets"]):
-            if p not in FRICTION_PRESETS:
+            if p not in SIM_PRESETS:
                 raise SpecError(f"simulator.presets[{n}]: unknown friction preset {p!r}; choose from "
-                                f"{', '.join(FRICTION_PRESETS)}")
+                                f"{', '.join(SIM_PRESETS)}")
         kw["presets"] = tuple(kw["presets"])
     if "eps" in kw:
         for n, e in enumerate(kw["eps"]):
@@ -416,10 +446,18 @@ def _sim_spec(s: dict, columns: AxisSpec, rows: AxisSpec) -> SimSpec:
             raise SpecError(f"simulator.{k}: must be >= 1, got {getattr(sim, k)}")
     if sim.seed < 0:
         raise SpecError(f"simulator.seed: must be >= 0, got {sim.seed}")
+    if sim.kappa < 0 or not math.isfinite(sim.kappa) or not math.isfinite(sim.pin):
+        raise SpecError(f"simulator: need kappa >= 0 and a finite pin, got {sim.kappa} and {sim.pin}")
+    if MESH_PRESET in sim.presets:
+        if rows.field != "ltilde":
+            raise SpecError(f"rows.field: the 'mesh' simulator maps the effective depth ltilde to the chain, "
+                            f"got {rows.field!r}")
+        if any(v is None or v <= 0 for v in rows.values):
+            raise SpecError(f"rows.values: the 'mesh' simulator needs ltilde > 0, got {list(rows.values)}")
+    if any(p != MESH_PRESET for p in sim.presets) and rows.field != "alpha":
+        raise SpecError(f"rows.field: the simulator maps alpha to friction, got {rows.field!r} "
+                        "(set simulator.presets = [] to sweep another row field, or ['mesh'] for ltilde)")
     if sim.presets:
-        if rows.field != "alpha":
-            raise SpecError(f"rows.field: the simulator maps alpha to friction, got {rows.field!r} "
-                            "(set simulator.presets = [] to sweep another row field)")
         if columns.field not in NOISE_DIRECTION:
             raise SpecError(f"columns.field: {columns.field!r} is not a noise axis "
                             f"({', '.join(NOISE_DIRECTION)}); set simulator.presets = [] to sweep it")

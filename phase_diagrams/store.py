@@ -33,6 +33,7 @@ consistent (SQLite's atomic commit): at most its uncommitted task is lost.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -129,6 +130,15 @@ CREATE TABLE IF NOT EXISTS fits (
     PRIMARY KEY (sweep, row, col, target)
 );
 """
+
+@functools.lru_cache(maxsize=1)
+def _config_defaults() -> dict:
+    """Defaults of the training config, for fields a stored config omits (written only when set)."""
+    import dataclasses
+
+    from nets.train import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 _SUMMARY = ("test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",
             "wall_time", "ensemble_size")
@@ -375,13 +385,14 @@ class Store:
         df["row_value"] = df["row_value"].map(json.loads)
         df["col_value"] = df["col_value"].map(json.loads)
         configs = df["config"].map(json.loads)
-        for name in configs.iloc[0]:
+        # union over rows: configs omit optional fields at their defaults (TrainConfig.to_dict)
+        for name in dict.fromkeys(k for c in configs for k in c):
             col = name if name not in df.columns else f"cfg_{name}"
-            df[col] = configs.map(lambda c, n=name: c.get(n))
+            df[col] = configs.map(lambda c, n=name: c.get(n, _config_defaults().get(n)))
         if with_arrays:
             results = df["result"].map(lambda s: json.loads(s) if s else {})
             for name in ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve",
-                         "probe_accuracy"):
+                         "probe_accuracy", "rho", "loads_per_depth", "min_coi", "k_hat_median", "test_loss"):
                 df[name] = results.map(lambda r, n=name: r.get(n))
         return df.drop(columns=["config", "result"])
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChainParams", "NOISE_MODES"]
+__all__ = ["ChainParams", "NOISE_MODES", "mesh_chain"]
 
 NOISE_MODES = ("independent", "shared")
 
@@ -277,3 +277,58 @@ class ChainParams:
             changes = {n: values[a][i] for a, (n, i) in enumerate(zip(names, idx, strict=True))}
             out[idx] = dataclasses.replace(base, **changes)
         return out
+
+
+def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0, pin: float = 0.5,
+               **fields) -> ChainParams:
+    """The spring-block counterpart of a leaky ResNet on the mesh ``rho`` (SPEC §5.2).
+
+    One block per residual step (``n_blocks = L = len(rho)``; block ``ℓ`` is the representation
+    after step ``ℓ``, the wall the input representation, the anchor the supervision). The chain's
+    elastic energy
+
+        E = (k_ref/L) Σ_ℓ [ (x_ℓ − x_{ℓ−1})² / (2 L̃ ρ_ℓ)  +  κ̄ L̃ ρ_ℓ (x_ℓ − a)² / 2 ]
+
+    discretises ``(k_ref/L) ∫ [ (∂_p x)²/(2L̃) + (κ̄ L̃/2)(x − a)² ] dp`` — the leaky ResNet's
+    Lagrangian (kinetic energy ``(1/(2L̃))‖∂_p A‖²`` plus potential ``(L̃/2) COI``) with the Cost of
+    Identity replaced by a quadratic well around the bottleneck position ``a = pin · y``. So
+
+    - spring ``ℓ = 1..L`` (step ``ℓ``): ``k_ℓ = k_ref / (L L̃ ρ_ℓ)`` (``∝ 1/(L̃ ρ_ℓ)``); the readout
+      spring ``L + 1`` to the anchor has the stiffness of the last step, ``k_{L+1} = k_L``;
+    - on-site pinning of block ``ℓ``: ``κ_ℓ = k_ref κ̄ L̃ ρ_ℓ / L`` toward ``a = pin · y``.
+
+    The equidistant mesh with ``L̃ = 1`` has ``k_ℓ = k_ref`` (the original chain). Without friction
+    and noise the equilibrium deviates from ``a`` in two boundary layers of width
+    ``1 / (√κ̄ L̃)`` in depth ``p`` (``u_n = x_n − a`` solves ``u_{n+1} − (2 + κ/k) u_n + u_{n−1} = 0``
+    on a uniform mesh): for large ``L̃`` the load is carried at both ends and the middle blocks
+    sit still at ``a`` — the bottleneck.
+
+    Parameters
+    ----------
+    rho : array ``(L,)``
+        Layer step sizes, positive, summing to 1.
+    ltilde : float > 0
+        Effective depth ``L̃``.
+    k_ref, kappa, pin : float
+        Stiffness scale, pinning strength ``κ̄ ≥ 0`` and bottleneck position as a fraction of ``y``.
+    **fields
+        Any other :class:`ChainParams` field (friction, ``eps``, ``eta``, ``y``, ``n_steps`` ...).
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    if rho.ndim != 1 or rho.size < 1:
+        raise ValueError(f"mesh_chain: rho must be a non-empty 1-D array, got shape {rho.shape}")
+    if not np.all(np.isfinite(rho)) or np.any(rho <= 0) or abs(rho.sum() - 1.0) > 1e-6:
+        raise ValueError(f"mesh_chain: rho must be positive and sum to 1, got {rho.tolist()}")
+    for name, v, positive in (("ltilde", ltilde, True), ("k_ref", k_ref, True), ("kappa", kappa, False)):
+        if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
+            raise ValueError(f"mesh_chain: {name} must be finite and {'> 0' if positive else '>= 0'}, got {v!r}")
+    if not math.isfinite(pin):
+        raise ValueError(f"mesh_chain: pin must be finite, got {pin!r}")
+    for name in ("n_blocks", "k", "kappa", "pin_position"):
+        if name in fields:
+            raise ValueError(f"mesh_chain sets ChainParams.{name} itself; do not pass it")
+    L = rho.size
+    k = k_ref / (L * ltilde * rho)
+    y = float(fields.get("y", 1.0))
+    return ChainParams(n_blocks=L, k=tuple(np.append(k, k[-1])), kappa=tuple(k_ref * kappa * ltilde * rho / L),
+                       pin_position=pin * y, **fields)
