@@ -24,32 +24,53 @@ import numpy as np
 from numba import njit, prange
 
 from springblock import ChainParams, chain_seeds, simulate
-from springblock._kernels import BLOCK_STEPS, fill_block
 from springblock._reference import numpy_batch_first_order
-from springblock._rng import ZIGGURAT, seed_state
+from springblock._rng import (
+    _STATE_WORDS,
+    LANES,
+    ZIGGURAT,
+    draw_lanes,
+    frame_array,
+    lane_table,
+    rescue_lanes,
+    seed_lanes,
+)
 
 
 @njit
-def _noise_chain(seed, n_steps, L, zk, zw, zf):
-    s0, s1, s2, s3 = seed_state(seed)
-    zb = np.empty(BLOCK_STEPS * L)
-    acc = 0.0
-    step = 0
-    while step < n_steps:  # the kernel's pattern: BLOCK_STEPS steps of normals at a time
-        nb = min(BLOCK_STEPS, n_steps - step)
-        s0, s1, s2, s3 = fill_block(zb, nb * L, s0, s1, s2, s3, zk, zw, zf)
-        for i in range(nb * L):
-            acc += zb[i]
-        step += nb
-    return acc
+def _noise_group(seeds, c0, n_valid, n_steps, L, zt, zk, zf, zr):
+    """The kernel's generator loop for one group of LANES chains, with the physics taken out."""
+    tab = lane_table(zt)
+    st = frame_array(_STATE_WORDS, np.uint64)
+    z = frame_array(LANES, np.float64)
+    rr = frame_array(LANES, np.uint64)
+    acc = frame_array(LANES, np.float64)
+    aux = np.empty((4, LANES), dtype=np.uint64)
+    seed_lanes(st, aux, seeds, c0, n_valid)
+    for g in range(LANES):
+        acc[g] = 0.0
+    for _ in range(n_steps):
+        for _ in range(L):  # one row of LANES normals per block, as in the kernel
+            if draw_lanes(z, rr, st, tab):
+                rescue_lanes(z, rr, aux, zt, zk, zf, zr)
+            for g in range(LANES):
+                acc[g] += z[g]
+    total = 0.0
+    for g in range(n_valid):
+        total += acc[g]
+    return total
 
 
 @njit(parallel=True)
-def noise_only(seeds, n_steps, L, zk, zw, zf):
-    """Draw ``n_steps * L`` normals per chain exactly as the kernel does, and nothing else."""
-    out = np.empty(seeds.shape[0])
-    for j in prange(seeds.shape[0]):
-        out[j] = _noise_chain(seeds[j], n_steps, L, zk, zw, zf)
+def noise_only(seeds, n_steps, L, zt, zk, zf, zr):
+    """Draw ``n_steps * L`` normals per chain exactly as the kernel does (same lanes, same
+    generator code, same cores), and only sum them."""
+    n = seeds.shape[0]
+    n_groups = (n + LANES - 1) // LANES
+    out = np.empty(n_groups)
+    for j in prange(n_groups):
+        c0 = j * LANES
+        out[j] = _noise_group(seeds, c0, min(LANES, n - c0), n_steps, L, zt, zk, zf, zr)
     return out
 
 
