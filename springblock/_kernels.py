@@ -21,8 +21,10 @@ row of :func:`~springblock._rng.draw_lanes`; the rare rescues are settled lane b
 When a point has ``eps == 0`` no random numbers are drawn for it.
 
 The friction update uses the soft threshold in the branch-free form
-``sign(F) max(|F| - theta, 0) = max(F - mu->, 0) + min(F + mu<-, 0)`` (theta = mu-> for F >= 0,
-mu<- otherwise; both frictions are >= 0), which gives the same floating-point result.
+``sign(F) max(|F| - theta, 0) = F - clip(F, -mu<-, mu->)`` (theta = mu-> for F >= 0, mu<- otherwise;
+both frictions are >= 0): outside the band it computes the same ``F - mu->`` or ``F + mu<-`` as
+the reference, inside it gives exactly 0, so the results agree bit for bit (up to the sign of a
+zero step, which does not change a position).
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
     Per step and block i, for all lanes at once (old positions ``xa``, new ``xb``):
 
         F = k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i) + eps(t) xi
-        x_i <- x_i + eta (max(F - mu->_i, 0) + min(F + mu<-_i, 0))
+        x_i <- x_i + eta (F - clip(F, -mu<-_i, mu->_i))
 
     The pinning term is skipped when all ``kappa_i == 0`` (it is then exactly 0 and changes no
     bit of the result beyond the sign of a zero force).
@@ -139,20 +141,20 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
             if noisy and not sh:
                 if draw_lanes(z, rr, st, tab):
                     rescue_lanes(z, rr, aux, zt, zk, zf, zr)
-            k0, k1, fw, bw = kp[i], kp[i + 1], mf[i], mb[i]
+            k0, k1, fw, nbw = kp[i], kp[i + 1], mf[i], -mb[i]
             if pinned:
                 ka, a = kap[i], pn[i]
                 for g in range(LANES):
                     xo = xa[i + 1, g]
                     f = k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g]) - ka * (xo - a)
                     f = f + e_t * z[g]
-                    xb[i + 1, g] = xo + h * (max(f - fw, 0.0) + min(f + bw, 0.0))
+                    xb[i + 1, g] = xo + h * (f - min(max(f, nbw), fw))
             else:
                 for g in range(LANES):
                     xo = xa[i + 1, g]
                     f = k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g])
                     f = f + e_t * z[g]
-                    xb[i + 1, g] = xo + h * (max(f - fw, 0.0) + min(f + bw, 0.0))
+                    xb[i + 1, g] = xo + h * (f - min(max(f, nbw), fw))
         xa, xb = xb, xa
         rec, countdown = _record(traj, rec, countdown, record_every, xa, c0, n_valid)
     _store_group(x, xa, c0, n_valid)
@@ -166,7 +168,7 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
     Per step and block, with a = (spring + pinning force) / m at the old positions:
 
         u     = v + dt (a - (gamma/m) v) + eps(t) sqrt(dt) xi
-        v_new = max(u - mu-> dt, 0) + min(u + mu<- dt, 0)     (= sign(u) max(|u| - theta dt, 0))
+        v_new = u - clip(u, -mu<- dt, mu-> dt)     (= sign(u) max(|u| - theta dt, 0))
         x_new = x + dt v_new
     """
     L = x.shape[1]
@@ -189,11 +191,11 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
     noisy = e0 != 0.0
     pinned = _any_nonzero(kap)
     sq = math.sqrt(h)
-    fh = np.empty(L)  # friction impulses mu dt, as the reference computes them (theta * dt)
+    fh = np.empty(L)  # friction impulses mu-> dt and -mu<- dt, rounded as the reference's theta * dt
     bh = np.empty(L)
     for i in range(L):
         fh[i] = mf[i] * h
-        bh[i] = mb[i] * h
+        bh[i] = -(mb[i] * h)
     rec = 1
     countdown = record_every
     e_t = e0
@@ -215,7 +217,7 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
                 acc = (k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g]) - ka * (xo - a)) * im
                 u = vo + h * (acc - gm * vo)
                 u = u + es * z[g]
-                vn = max(u - fw, 0.0) + min(u + bw, 0.0)
+                vn = u - min(max(u, bw), fw)
                 vl[i, g] = vn
                 xb[i + 1, g] = xo + h * vn
         xa, xb = xb, xa
