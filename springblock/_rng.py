@@ -313,10 +313,10 @@ def seed_lanes(st, aux, seeds, c0, n_valid):
 
 @njit(inline="always")
 def draw_lanes(z, rr, st, tab):
-    """One candidate per lane: ``z[g]`` the candidate, ``rr[g]`` its word; returns the number of
-    lanes whose candidate needs :func:`rescue_lanes`. Branch-free: compiles to vector code (for
-    16 lanes on AVX-512: two xoshiro256++ updates of 8 lanes, two gathers, no branches)."""
-    n_rescue = 0
+    """One candidate per lane: ``z[g]`` the candidate, ``rr[g]`` its word; returns True when some
+    lane's candidate needs :func:`rescue_lanes`. Branch-free: compiles to vector code (for 16 lanes
+    on AVX-512: two xoshiro256++ updates of 8 lanes, two gathers, one mask test)."""
+    any_rescue = False
     for g in range(LANES):
         s0, s1, s2, s3 = st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g]
         r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
@@ -324,8 +324,8 @@ def draw_lanes(z, rr, st, tab):
         layer, sr, x, ok = candidate(r, tab)
         z[g] = x
         rr[g] = r
-        n_rescue += not ok
-    return n_rescue
+        any_rescue |= not ok
+    return any_rescue
 
 
 @njit(inline="always")
