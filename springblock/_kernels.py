@@ -228,9 +228,43 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
             v[c0 + g, i] = vl[i, g]
 
 
-def _first_order_impl(x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
-                      n_steps, record_every, zt, zk, zf, zr):
-    """Overdamped chains.
+@njit(inline="always")
+def _n_groups(n, n_chains):
+    """Groups of LANES chains: ``per_point`` per parameter point, ``n // n_chains`` points."""
+    per_point = (n_chains + LANES - 1) // LANES
+    return per_point, (n // n_chains) * per_point
+
+
+@njit(inline="always")
+def _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
+                       n_steps, record_every, zt, zk, zf, zr):
+    p = j // per_point
+    c = (j % per_point) * LANES
+    _group_first_order(x, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p], kappa[p],
+                       pin[p], eps[p], lam[p], eta[p], y[p], shared[p], n_steps, record_every, zt, zk, zf, zr)
+
+
+@njit(inline="always")
+def _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared,
+                        inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr):
+    p = j // per_point
+    c = (j % per_point) * LANES
+    _group_second_order(x, v, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p],
+                        kappa[p], pin[p], eps[p], lam[p], dt[p], y[p], shared[p], inv_m[p], gamma_m[p], n_steps,
+                        record_every, zt, zk, zf, zr)
+
+
+# Each driver is its own function (not one source compiled twice with and without `parallel`) so
+# that all of them can be cached: Numba's on-disk cache keys a function by its source location and
+# signature, not by the `parallel` flag. Note also that the cache of a kernel is invalidated only
+# by edits to *this* file: after changing an inlined helper of springblock._rng, delete
+# springblock/__pycache__/*.nbi (the kernel-vs-reference tests fail on a stale cache).
+
+
+@njit(parallel=True, cache=True)
+def first_order(x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared, n_steps, record_every,
+                zt, zk, zf, zr):
+    """Overdamped chains, groups of LANES chains in parallel.
 
     x : (n, L) float64, initial positions in, final positions out (n = n_points * n_chains)
     traj : (n, R, L) float64, positions at steps 0, r, 2r, ... (R = 0 when not recording)
@@ -238,17 +272,25 @@ def _first_order_impl(x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, la
     k : (P, L+1); muf, mub, kappa, pin : (P, L); eps, lam, eta, y : (P,); shared : (P,) bool
     zt, zk, zf, zr : :data:`springblock._rng.ZIGGURAT`
     """
-    per_point = (n_chains + LANES - 1) // LANES
-    for j in prange((x.shape[0] // n_chains) * per_point):
-        p = j // per_point
-        c = (j % per_point) * LANES
-        _group_first_order(x, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p],
-                           kappa[p], pin[p], eps[p], lam[p], eta[p], y[p], shared[p], n_steps, record_every,
-                           zt, zk, zf, zr)
+    per_point, n_groups = _n_groups(x.shape[0], n_chains)
+    for j in prange(n_groups):
+        _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
+                           n_steps, record_every, zt, zk, zf, zr)
 
 
-def _second_order_impl(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared,
-                       inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr):
+@njit(cache=True)
+def first_order_serial(x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared, n_steps,
+                       record_every, zt, zk, zf, zr):
+    """:func:`first_order` on the calling thread only (results are identical)."""
+    per_point, n_groups = _n_groups(x.shape[0], n_chains)
+    for j in range(n_groups):
+        _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
+                           n_steps, record_every, zt, zk, zf, zr)
+
+
+@njit(parallel=True, cache=True)
+def second_order(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared, inv_m, gamma_m,
+                 n_steps, record_every, zt, zk, zf, zr):
     """Langevin chains, semi-implicit Euler with implicit (set-valued) Coulomb friction.
 
     Per block and step, with a = spring + pinning force / m evaluated at the old positions:
@@ -264,19 +306,17 @@ def _second_order_impl(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps
     the step stays within the friction band, and a moving block that friction would reverse stops.
     x, v : (n, L) in/out; inv_m = 1/m, gamma_m = gamma/m : (P,); other arrays as first order.
     """
-    per_point = (n_chains + LANES - 1) // LANES
-    for j in prange((x.shape[0] // n_chains) * per_point):
-        p = j // per_point
-        c = (j % per_point) * LANES
-        _group_second_order(x, v, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p],
-                            kappa[p], pin[p], eps[p], lam[p], dt[p], y[p], shared[p], inv_m[p], gamma_m[p],
-                            n_steps, record_every, zt, zk, zf, zr)
+    per_point, n_groups = _n_groups(x.shape[0], n_chains)
+    for j in prange(n_groups):
+        _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y,
+                            shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
 
 
-# The drivers are compiled twice, parallel and serial (for the tests of thread independence). Only
-# the per-group functions are cached: Numba's on-disk cache keys a function by its source location
-# and signature, not by the `parallel` flag, so two cached compilations of one driver would collide.
-first_order = njit(parallel=True)(_first_order_impl)
-first_order_serial = njit(_first_order_impl)
-second_order = njit(parallel=True)(_second_order_impl)
-second_order_serial = njit(_second_order_impl)
+@njit(cache=True)
+def second_order_serial(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared, inv_m,
+                        gamma_m, n_steps, record_every, zt, zk, zf, zr):
+    """:func:`second_order` on the calling thread only (results are identical)."""
+    per_point, n_groups = _n_groups(x.shape[0], n_chains)
+    for j in range(n_groups):
+        _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y,
+                            shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
