@@ -26,8 +26,8 @@ from numba import njit, prange
 from springblock import ChainParams, chain_seeds, simulate
 from springblock._reference import numpy_batch_first_order
 from springblock._rng import (
-    _STATE_WORDS,
     LANES,
+    STATE_WORDS,
     ZIGGURAT,
     draw_lanes,
     frame_array,
@@ -41,7 +41,7 @@ from springblock._rng import (
 def _noise_group(seeds, c0, n_valid, n_steps, L, zt, zk, zf, zr):
     """The kernel's generator loop for one group of LANES chains, with the physics taken out."""
     tab = lane_table(zt)
-    st = frame_array(_STATE_WORDS, np.uint64)
+    st = frame_array(STATE_WORDS, np.uint64)
     z = frame_array(LANES, np.float64)
     rr = frame_array(LANES, np.uint64)
     acc = frame_array(LANES, np.float64)
@@ -128,6 +128,18 @@ def best(fn, repeat):
     return min(ts)
 
 
+def best_interleaved(fns, repeat):
+    """Best time of each function, the functions run alternately (so that a ratio of two of them
+    is not skewed by a change of load on this shared machine between their runs)."""
+    ts = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, ts):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [min(t) for t in ts]
+
+
 def run(quick: bool = False, repeat: int = 3) -> dict:
     """Run every measurement; return times per block-step (s) and the ratios."""
     p = ChainParams()  # original first-order chain
@@ -138,12 +150,12 @@ def run(quick: bool = False, repeat: int = 3) -> dict:
     seeds = chain_seeds(0, C).reshape(-1)
     noise_only(seeds[:2], 10, L, *ZIGGURAT)
     bs = C * S * L
-    t_kernel = best(lambda: simulate(p, C, seed=1), repeat) / bs
-    t_noise = best(lambda: noise_only(seeds, S, L, *ZIGGURAT), repeat) / bs
+    t_kernel, t_noise = (t / bs for t in best_interleaved(
+        [lambda: simulate(p, C, seed=1), lambda: noise_only(seeds, S, L, *ZIGGURAT)], repeat))
     Cn, Sn = (256, 500) if quick else (2000, 1000)
     t_numpy = best(lambda: numpy_batch_first_order(p.replace(n_steps=Sn), Cn, seed=1), max(1, repeat - 1)) / (Cn * Sn * L)
     Cp, Sp = (2, 1000) if quick else (4, 2000)
-    t_py = best(lambda: python_loop(p, Cp, Sp), 1) / (Cp * Sp * L)
+    t_py = best(lambda: python_loop(p, Cp, Sp), 2) / (Cp * Sp * L)
 
     q = ChainParams.second_order_original()
     simulate(q.replace(n_steps=10), 2)
@@ -158,12 +170,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.simulator", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller ensembles (for a smoke run)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
     import numba
 
     r = run(args.quick, args.repeat)
-    print(f"# springblock simulator benchmark ({numba.get_num_threads()} threads)")
+    print(f"# springblock simulator benchmark ({numba.get_num_threads()} threads, {numba.threading_layer()} "
+          f"threading layer; best of {args.repeat} runs)")
     print("| measurement | time | ratio | target |")
     print("|---|---|---|---|")
     print(f"| first-order kernel, per block-step | {r['kernel'] * 1e9:.2f} ns | 1 | |")

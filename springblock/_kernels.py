@@ -35,8 +35,8 @@ import numpy as np
 from numba import njit, prange
 
 from springblock._rng import (
-    _STATE_WORDS,
     LANES,
+    STATE_WORDS,
     draw_lanes,
     frame_array,
     lane_table,
@@ -115,7 +115,7 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
     """
     L = x.shape[1]
     tab = lane_table(zt)
-    st = frame_array(_STATE_WORDS, np.uint64)
+    st = frame_array(STATE_WORDS, np.uint64)
     z = frame_array(LANES, np.float64)
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)
@@ -173,7 +173,7 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
     """
     L = x.shape[1]
     tab = lane_table(zt)
-    st = frame_array(_STATE_WORDS, np.uint64)
+    st = frame_array(STATE_WORDS, np.uint64)
     z = frame_array(LANES, np.float64)
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)

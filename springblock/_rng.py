@@ -54,7 +54,7 @@ from numba.core import errors
 from numba.extending import intrinsic, overload
 
 __all__ = [
-    "LAYERS", "LANES", "ZIGGURAT", "splitmix64", "seed_state", "next_u64", "uniform", "candidate",
+    "LAYERS", "LANES", "STATE_WORDS", "ZIGGURAT", "splitmix64", "seed_state", "next_u64", "uniform", "candidate",
     "rescue", "fill_normals", "frame_array", "lane_table", "seed_lanes", "draw_lanes", "rescue_lanes",
 ]
 
@@ -66,7 +66,8 @@ _LAYER_BITS = 11
 #: AVX-512 or four AVX2 vectors. 16 measured fastest here; LLVM fully unrolls an 8-lane loop
 #: before it can vectorise it.
 LANES = 16
-_STATE_WORDS = 4 * LANES
+#: Main-generator state of one lane group: word j of lane g is ``st[j * LANES + g]``.
+STATE_WORDS = 4 * LANES
 _EDGE_FRAC_BITS = 50  # x_layer = M * 2^-50, M < 2^53
 _CODE_SHIFT = 41  # fast-test code = k_layer >> 41 (11 bits, stored in bits 53-63)
 _EDGE_MASK = (1 << 53) - 1

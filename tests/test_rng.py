@@ -10,9 +10,9 @@ from scipy import stats
 
 from springblock import standard_normals
 from springblock._rng import (
-    _STATE_WORDS,
     LANES,
     LAYERS,
+    STATE_WORDS,
     ZIGGURAT,
     draw_lanes,
     fill_normals,
@@ -89,7 +89,7 @@ def test_streams_are_deterministic_and_distinct():
 def _lane_stream(seeds, c0, n_valid, n, zt, zk, zf, zr):
     """The kernels' generator loop: n rows of LANES normals for chains seeds[c0 ..]."""
     tab = lane_table(zt)
-    st = frame_array(_STATE_WORDS, np.uint64)
+    st = frame_array(STATE_WORDS, np.uint64)
     z = frame_array(LANES, np.float64)
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)
