@@ -17,25 +17,27 @@ number ``n`` is drawn as follows (Marsaglia & Tsang's ziggurat, 2000, with 2048 
 2. ``layer = r & 2047`` (bits 0-10); ``sr`` = bits 11-63 read as a signed 53-bit integer (sign
    and 52-bit magnitude); the candidate is ``x = sr * x_layer / 2^52``, uniform on
    ``(-x_layer, x_layer)``;
-3. ``x`` is accepted at once when ``|sr| < k_layer = floor(2^52 x_{layer+1} / x_layer)``, i.e.
-   when it lies inside the part of the layer's rectangle that is under the density (~99.8 %);
-4. otherwise :func:`rescue` settles it -- the wedge test against ``exp(-x^2/2)``, the tail
-   beyond ``R`` for the base layer, and fresh candidates when the wedge test fails -- drawing
-   every further word it needs from the *rescue* generator.
+3. ``x`` is accepted at once when ``(|sr| >> 41) < (k_layer >> 41)``, which implies
+   ``|sr| < k_layer = floor(2^52 x_{layer+1} / x_layer)``: ``x`` lies in the part of the layer's
+   rectangle that is under the density (99.74 % of draws);
+4. otherwise :func:`rescue` settles it -- the exact test ``|sr| < k_layer``, then the wedge test
+   against ``exp(-x^2/2)`` or, for the base layer, the tail beyond ``R``, and fresh candidates when
+   the wedge test fails -- drawing every further word it needs from the *rescue* generator.
 
 Step 4 is why there are two generators: the main stream advances by one word per normal whatever
 happens, so :func:`draw_lanes` can draw one candidate for each of ``LANES`` chains at once with
-vector instructions and settle the rare (~0.3 %) rescues lane by lane afterwards, and every
+vector instructions and settle the rare (0.26 %) rescues lane by lane afterwards, and every
 chain's numbers stay exactly those of :func:`fill_normals`. The ziggurat is exact: the tail
 (Marsaglia 1964), wedges and retries are the textbook algorithm, only the source of their uniforms
 differs.
 
 Table layout (why one table). Each layer is one 64-bit word: bits 0-52 hold ``x_layer`` in fixed
-point (``M = round(x_layer 2^50)``, the layer edges *are* these rounded values, ``x_layer = M
-2^-50``), bits 53-63 hold ``k_layer >> 41``. The fast test compares ``|sr| >> 41`` with that
-11-bit code, which is conservative (it only sends ~0.05 % more candidates to :func:`rescue`,
-which checks ``|sr| < k_layer`` exactly first), and the candidate is ``x = (sr 2^-102) M``, the
-correctly rounded ``sr x_layer / 2^52`` (scaling by powers of two is exact). One table look-up
+point (``M = round(x_layer 2^50)``; the layer edges *are* these rounded values, ``x_layer = M
+2^-50``, and all other tables are computed from them; layer areas are equal to 1e-12 relative),
+bits 53-63 hold ``k_layer >> 41``. The fast test compares ``|sr| >> 41`` with that 11-bit code,
+which is conservative (it sends 0.03 % more candidates to :func:`rescue`, which checks
+``|sr| < k_layer`` exactly first), and the candidate is ``x = (sr 2^-102) M``, the correctly
+rounded ``sr x_layer / 2^52`` (scaling by powers of two is exact). One table look-up
 per normal matters because vectorised look-ups (gathers) cost ~0.5 ns per element on the
 machines this was tuned on (AMD Zen 4), more than the rest of the draw.
 
@@ -49,8 +51,7 @@ import math
 
 import numpy as np
 from numba import carray, njit, types, uint64
-from numba.core import cgutils
-from numba.core import errors
+from numba.core import cgutils, errors
 from numba.extending import intrinsic, overload
 
 __all__ = [
