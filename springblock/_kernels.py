@@ -37,9 +37,12 @@ from numba import njit, prange
 from springblock._rng import (
     LANES,
     STATE_WORDS,
+    candidate,
+    draw_lane,
     draw_lanes,
     frame_array,
     lane_table,
+    rescue,
     rescue_lanes,
     seed_lanes,
 )
@@ -99,6 +102,41 @@ def _any_nonzero(a):
     return False
 
 
+@njit(inline="always")
+def _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, ez):
+    """New position of block ``i + 1`` of lane ``g`` (SPEC §2.2, the reference's operation order);
+    ``ez = eps(t) xi``, ``nbw = -mu<-``. The pinning term is left out when ``pinned`` is False."""
+    xo = xa[i + 1, g]
+    f = k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g])
+    if pinned:
+        f = f - ka * (xo - a)
+    f = f + ez
+    return xo + h * (f - min(max(f, nbw), fw))
+
+
+@njit(inline="always")
+def _draw_and_step(xa, xb, i, rr, st, tab, k0, k1, ka, a, fw, nbw, h, pinned, e_t):
+    """Block ``i + 1`` of all lanes with each lane's next candidate normal (one vector loop);
+    returns True when some lane's candidate needs :func:`_rescue_and_step`."""
+    any_rescue = False
+    for g in range(LANES):
+        r, z, ok = draw_lane(st, g, tab)
+        rr[g] = r
+        any_rescue |= not ok
+        xb[i + 1, g] = _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, e_t * z)
+    return any_rescue
+
+
+@njit(inline="always")
+def _rescue_and_step(xa, xb, i, rr, aux, zt, zk, zf, zr, k0, k1, ka, a, fw, nbw, h, pinned, e_t):
+    """Redo block ``i + 1`` of the lanes whose candidate failed the fast test, with the settled normal."""
+    for g in range(LANES):
+        layer, sr, z, ok = candidate(rr[g], zt)
+        if not ok:
+            z = rescue(layer, sr, z, aux, g, zt, zk, zf, zr)
+            xb[i + 1, g] = _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, e_t * z)
+
+
 @njit(cache=True)
 def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_steps,
                        record_every, zt, zk, zf, zr):
@@ -120,9 +158,10 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)
     seed_lanes(st, aux, seeds, c0, n_valid)
-    xa = np.empty((L + 2, LANES))
-    xb = np.empty((L + 2, LANES))
-    _load_group(xa, xb, x, c0, n_valid, yp)
+    # Old and new positions: xs[step % 2] and xs[1 - step % 2]. (Swapping two arrays instead made
+    # LLVM give up vectorising the loop that draws and steps at once.)
+    xs = np.empty((2, L + 2, LANES))
+    _load_group(xs[0], xs[1], x, c0, n_valid, yp)
     _record_start(traj, x, c0, n_valid)
     for g in range(LANES):
         z[g] = 0.0  # eps == 0: F + 0 * 0, as in the reference
@@ -137,27 +176,20 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
         if noisy and sh:  # shared noise: one draw per step for all blocks
             if draw_lanes(z, rr, st, tab):
                 rescue_lanes(z, rr, aux, zt, zk, zf, zr)
+        xa = xs[step & 1]
+        xb = xs[1 - (step & 1)]
         for i in range(L):
+            k0, k1, fw, nbw, ka, a = kp[i], kp[i + 1], mf[i], -mb[i], kap[i], pn[i]
             if noisy and not sh:
-                if draw_lanes(z, rr, st, tab):
-                    rescue_lanes(z, rr, aux, zt, zk, zf, zr)
-            k0, k1, fw, nbw = kp[i], kp[i + 1], mf[i], -mb[i]
-            if pinned:
-                ka, a = kap[i], pn[i]
-                for g in range(LANES):
-                    xo = xa[i + 1, g]
-                    f = k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g]) - ka * (xo - a)
-                    f = f + e_t * z[g]
-                    xb[i + 1, g] = xo + h * (f - min(max(f, nbw), fw))
+                # Draw and use each lane's candidate in one vector loop; the rare lanes whose
+                # candidate needs a rescue are redone with the settled normal.
+                if _draw_and_step(xa, xb, i, rr, st, tab, k0, k1, ka, a, fw, nbw, h, pinned, e_t):
+                    _rescue_and_step(xa, xb, i, rr, aux, zt, zk, zf, zr, k0, k1, ka, a, fw, nbw, h, pinned, e_t)
             else:
                 for g in range(LANES):
-                    xo = xa[i + 1, g]
-                    f = k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g])
-                    f = f + e_t * z[g]
-                    xb[i + 1, g] = xo + h * (f - min(max(f, nbw), fw))
-        xa, xb = xb, xa
-        rec, countdown = _record(traj, rec, countdown, record_every, xa, c0, n_valid)
-    _store_group(x, xa, c0, n_valid)
+                    xb[i + 1, g] = _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, e_t * z[g])
+        rec, countdown = _record(traj, rec, countdown, record_every, xb, c0, n_valid)
+    _store_group(x, xs[n_steps & 1], c0, n_valid)
 
 
 @njit(cache=True)

@@ -56,7 +56,7 @@ from numba.extending import intrinsic, overload
 
 __all__ = [
     "LAYERS", "LANES", "STATE_WORDS", "ZIGGURAT", "splitmix64", "seed_state", "next_u64", "uniform", "candidate",
-    "rescue", "fill_normals", "frame_array", "lane_table", "seed_lanes", "draw_lanes", "rescue_lanes",
+    "rescue", "fill_normals", "frame_array", "lane_table", "seed_lanes", "draw_lane", "draw_lanes", "rescue_lanes",
 ]
 
 #: Layers of the ziggurat. More layers send fewer draws to the slow path (1/LAYERS of them come
@@ -314,16 +314,27 @@ def seed_lanes(st, aux, seeds, c0, n_valid):
 
 
 @njit(inline="always")
+def draw_lane(st, g, tab):
+    """Advance lane ``g``'s main generator; returns ``(r, x, accepted)`` of its next candidate.
+
+    For loops over the lanes that use the candidate at once (see :func:`draw_lanes`); a lane whose
+    candidate is not accepted must be settled with :func:`rescue` on ``r`` before its next draw.
+    """
+    s0, s1, s2, s3 = st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g]
+    r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
+    st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g] = s0, s1, s2, s3
+    layer, sr, x, ok = candidate(r, tab)
+    return r, x, ok
+
+
+@njit(inline="always")
 def draw_lanes(z, rr, st, tab):
     """One candidate per lane: ``z[g]`` the candidate, ``rr[g]`` its word; returns True when some
     lane's candidate needs :func:`rescue_lanes`. Branch-free: compiles to vector code (for 16 lanes
     on AVX-512: two xoshiro256++ updates of 8 lanes, two gathers, one mask test)."""
     any_rescue = False
     for g in range(LANES):
-        s0, s1, s2, s3 = st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g]
-        r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
-        st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g] = s0, s1, s2, s3
-        layer, sr, x, ok = candidate(r, tab)
+        r, x, ok = draw_lane(st, g, tab)
         z[g] = x
         rr[g] = r
         any_rescue |= not ok
