@@ -103,38 +103,19 @@ def _any_nonzero(a):
 
 
 @njit(inline="always")
-def _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, ez):
-    """New position of block ``i + 1`` of lane ``g`` (SPEC §2.2, the reference's operation order);
-    ``ez = eps(t) xi``, ``nbw = -mu<-``. The pinning term is left out when ``pinned`` is False."""
-    xo = xa[i + 1, g]
-    f = k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g])
+def _spring_force(xr, xo, xl, k0, k1, ka, a, pinned):
+    """``k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i)`` in the reference's
+    operation order; the pinning term is left out when ``pinned`` is False (it is then exactly 0)."""
+    f = k1 * (xr - xo) - k0 * (xo - xl)
     if pinned:
         f = f - ka * (xo - a)
-    f = f + ez
+    return f
+
+
+@njit(inline="always")
+def _slide(xo, f, fw, nbw, h):
+    """Overdamped step with Coulomb friction: ``x + eta (F - clip(F, -mu<-, mu->))``; ``nbw = -mu<-``."""
     return xo + h * (f - min(max(f, nbw), fw))
-
-
-@njit(inline="always")
-def _draw_and_step(xa, xb, i, rr, st, tab, k0, k1, ka, a, fw, nbw, h, pinned, e_t):
-    """Block ``i + 1`` of all lanes with each lane's next candidate normal (one vector loop);
-    returns True when some lane's candidate needs :func:`_rescue_and_step`."""
-    any_rescue = False
-    for g in range(LANES):
-        r, z, ok = draw_lane(st, g, tab)
-        rr[g] = r
-        any_rescue |= not ok
-        xb[i + 1, g] = _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, e_t * z)
-    return any_rescue
-
-
-@njit(inline="always")
-def _rescue_and_step(xa, xb, i, rr, aux, zt, zk, zf, zr, k0, k1, ka, a, fw, nbw, h, pinned, e_t):
-    """Redo block ``i + 1`` of the lanes whose candidate failed the fast test, with the settled normal."""
-    for g in range(LANES):
-        layer, sr, z, ok = candidate(rr[g], zt)
-        if not ok:
-            z = rescue(layer, sr, z, aux, g, zt, zk, zf, zr)
-            xb[i + 1, g] = _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, e_t * z)
 
 
 @njit(cache=True)
@@ -148,8 +129,8 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
         F = k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i) + eps(t) xi
         x_i <- x_i + eta (F - clip(F, -mu<-_i, mu->_i))
 
-    The pinning term is skipped when all ``kappa_i == 0`` (it is then exactly 0 and changes no
-    bit of the result beyond the sign of a zero force).
+    Independent noise: each lane's next candidate normal is drawn and used in one vector loop per
+    block; the rare lanes whose candidate needs a rescue are redone with the settled normal.
     """
     L = x.shape[1]
     tab = lane_table(zt)
@@ -158,8 +139,8 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)
     seed_lanes(st, aux, seeds, c0, n_valid)
-    # Old and new positions: xs[step % 2] and xs[1 - step % 2]. (Swapping two arrays instead made
-    # LLVM give up vectorising the loop that draws and steps at once.)
+    # Old and new positions are xs[step % 2] and xs[1 - step % 2] (swapping two arrays instead made
+    # LLVM give up vectorising the fused loop below).
     xs = np.empty((2, L + 2, LANES))
     _load_group(xs[0], xs[1], x, c0, n_valid, yp)
     _record_start(traj, x, c0, n_valid)
@@ -173,21 +154,37 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
     for step in range(n_steps):
         if lm != 0.0:
             e_t = e0 * math.exp(-lm * (step * h))
+        xa = xs[step & 1]
+        xb = xs[1 - (step & 1)]
         if noisy and sh:  # shared noise: one draw per step for all blocks
             if draw_lanes(z, rr, st, tab):
                 rescue_lanes(z, rr, aux, zt, zk, zf, zr)
-        xa = xs[step & 1]
-        xb = xs[1 - (step & 1)]
         for i in range(L):
             k0, k1, fw, nbw, ka, a = kp[i], kp[i + 1], mf[i], -mb[i], kap[i], pn[i]
+            # (The row loops are written out here, not in helpers taking xa and xb: Numba increfs
+            # and decrefs array arguments around every inlined call, an atomic op and a call per row.)
             if noisy and not sh:
-                # Draw and use each lane's candidate in one vector loop; the rare lanes whose
-                # candidate needs a rescue are redone with the settled normal.
-                if _draw_and_step(xa, xb, i, rr, st, tab, k0, k1, ka, a, fw, nbw, h, pinned, e_t):
-                    _rescue_and_step(xa, xb, i, rr, aux, zt, zk, zf, zr, k0, k1, ka, a, fw, nbw, h, pinned, e_t)
-            else:
+                any_rescue = False
                 for g in range(LANES):
-                    xb[i + 1, g] = _overdamped(xa, i, g, k0, k1, ka, a, fw, nbw, h, pinned, e_t * z[g])
+                    r, zc, ok = draw_lane(st, g, tab)
+                    rr[g] = r
+                    any_rescue |= not ok
+                    xo = xa[i + 1, g]
+                    f = _spring_force(xa[i + 2, g], xo, xa[i, g], k0, k1, ka, a, pinned)
+                    xb[i + 1, g] = _slide(xo, f + e_t * zc, fw, nbw, h)
+                if any_rescue:
+                    for g2 in range(LANES):
+                        layer, sr, zs, ok2 = candidate(rr[g2], zt)
+                        if not ok2:
+                            zs = rescue(layer, sr, zs, aux, g2, zt, zk, zf, zr)
+                            xo2 = xa[i + 1, g2]
+                            f2 = _spring_force(xa[i + 2, g2], xo2, xa[i, g2], k0, k1, ka, a, pinned)
+                            xb[i + 1, g2] = _slide(xo2, f2 + e_t * zs, fw, nbw, h)
+            else:
+                for g3 in range(LANES):
+                    xo3 = xa[i + 1, g3]
+                    f3 = _spring_force(xa[i + 2, g3], xo3, xa[i, g3], k0, k1, ka, a, pinned)
+                    xb[i + 1, g3] = _slide(xo3, f3 + e_t * z[g3], fw, nbw, h)
         rec, countdown = _record(traj, rec, countdown, record_every, xb, c0, n_valid)
     _store_group(x, xs[n_steps & 1], c0, n_valid)
 
