@@ -1,4 +1,4 @@
-"""Simulator benchmark: ``python -m benchmarks.simulator [--quick]`` (about 20 s on 2 cores).
+"""Simulator benchmark: ``python -m benchmarks.simulator [--quick]`` (about 15 s on 2 cores).
 
 Measures in one run, on the same machine and the same model (the original first-order chain,
 L = 7, independent noise), the cost per block-step of
@@ -45,7 +45,7 @@ from springblock._rng import (
 
 @njit(inline="always")
 def _draw_and_sum(acc, rr, st, tab):
-    """As the kernel's fused loop (:func:`springblock._kernels._draw_and_step`), summing instead of stepping."""
+    """As the fused loop of :func:`springblock._kernels._group_first_order`, summing instead of stepping."""
     any_rescue = False
     for g in range(LANES):
         r, z, ok = draw_lane(st, g, tab)

@@ -16,9 +16,11 @@ scalar code perform the same IEEE operations, so the kernels agree bit for bit w
 :mod:`springblock._reference` on the same normals.
 
 Positions are updated synchronously (Jacobi): every block's force is computed from the old
-positions. Per step and block the 16 lanes' normals are drawn right before they are used (one
-row of :func:`~springblock._rng.draw_lanes`; the rare rescues are settled lane by lane first).
-When a point has ``eps == 0`` no random numbers are drawn for it.
+positions. Per step and block the 16 lanes' normals are drawn where they are used: with
+independent noise the generator (:func:`~springblock._rng.draw_lane`) and the physics share one
+vector loop, and the rare lanes whose candidate needs a rescue are redone with the settled
+normal; shared noise draws one row per step (:func:`~springblock._rng.draw_lanes`). When a point
+has ``eps == 0`` no random numbers are drawn for it.
 
 The friction update uses the soft threshold in the branch-free form
 ``sign(F) max(|F| - theta, 0) = F - clip(F, -mu<-, mu->)`` (theta = mu-> for F >= 0, mu<- otherwise;
