@@ -13,7 +13,8 @@ differ only through their parameters, which makes phase diagrams and fitted obje
 and a grid simulated in one call equals its points simulated one by one. Pass
 ``common_random_numbers=False`` for independent streams at every point. Every chain generates its
 own normals (xoshiro256++ + ziggurat, :mod:`springblock._rng`), so results are identical for any
-number of threads.
+number of threads and do not depend on ``n_chains`` or on how the kernels group chains into SIMD
+lanes (:mod:`springblock._kernels`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ CASES = [
 
 @pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise}-eps{p.eps}")
 def test_kernel_equals_reference(params):
-    res = simulate(params, n_chains=3, seed=11, record_every=37)
-    for c in range(3):
+    # 35 chains = groups of 16 + 16 + 3 lanes: check chains in every group and lane position
+    res = simulate(params, n_chains=35, seed=11, record_every=37)
+    for c in (0, 15, 16, 34):
         z = standard_normals(res.seeds[c], ref.n_normals(params))
         if params.order == 1:
             x, tr = ref.first_order(params, z, record_every=37)
@@ -36,6 +37,23 @@ def test_numpy_batch_reference_equals_kernel_on_same_noise():
     res = simulate(p, n_chains=4, seed=3)
     noise = np.stack([standard_normals(s, ref.n_normals(p)).reshape(p.n_steps, p.n_blocks) for s in res.seeds], 1)
     np.testing.assert_allclose(ref.numpy_batch_first_order(p, 4, noise=noise), res.x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise}-eps{p.eps}")
+def test_chain_results_do_not_depend_on_grouping(params):
+    """Chains run 16 at a time (SIMD lanes): chain c must not depend on n_chains, on which group
+    it falls in or on the padding of the last group. chain_seeds(seed, n)[:13] is the same for
+    any n >= 13, so chain c < 13 has the same seed in both runs."""
+    a = simulate(params, n_chains=13, seed=4, record_every=50)
+    b = simulate(params, n_chains=40, seed=4, record_every=50)
+    assert np.array_equal(a.x, b.x[:13]) and np.array_equal(a.traj, b.traj[:13])
+    if params.order == 2:
+        assert np.array_equal(a.v, b.v[:13])
+    # and within a grid: point p's chains sit in groups of their own (21 = 16 + 5 lanes per point)
+    grid = np.array([params, params.replace(y=0.5)], dtype=object)
+    g = simulate(grid, n_chains=21, seed=4)
+    for p in range(2):
+        assert np.array_equal(g.x[p, :13], simulate(grid[p], n_chains=13, seed=4).x)
 
 
 def test_serial_parallel_and_thread_count_identical():
