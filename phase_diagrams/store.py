@@ -234,16 +234,23 @@ class Store:
     def register_sweep(self, spec) -> None:
         """Record ``spec`` (a :class:`~phase_diagrams.spec.GridSpec`) and its tasks.
 
-        Raises ValueError if a different spec is already registered under the same name.
+        Raises ValueError if a different spec is already registered under the same name. Specs
+        are compared as validated specs, not as text: a spec stored by an older version (without
+        fields added since, which take their defaults) equals the same spec today, and its text
+        is updated to today's layout.
         """
-        from phase_diagrams.spec import spec_to_toml
+        import tomllib
+
+        from phase_diagrams.spec import spec_from_dict, spec_to_toml
 
         text = spec_to_toml(spec)
         with self._tx() as con:
             row = con.execute("SELECT spec_toml FROM sweeps WHERE name = ?", (spec.name,)).fetchone()
             if row is not None and row[0] != text:
-                raise ValueError(f"store {self.path} already has a different sweep named {spec.name!r}; "
-                                 "rename the sweep (spec 'name') or use another store")
+                if spec_from_dict(tomllib.loads(row[0])) != spec:
+                    raise ValueError(f"store {self.path} already has a different sweep named {spec.name!r}; "
+                                     "rename the sweep (spec 'name') or use another store")
+                con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = ?", (text, spec.name))
             if row is None:
                 con.execute("INSERT INTO sweeps VALUES (?, ?, ?)", (spec.name, text, time.time()))
             con.executemany(

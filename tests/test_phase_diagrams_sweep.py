@@ -149,6 +149,14 @@ def test_serial_sweep_resumes_and_keeps_stored_rows(tmp_path):
     assert r["probe_epochs"] == [0, 10, 20, 30, 40] and np.allclose(r["trajectory"][-1], r["curve"])
     with pytest.raises(ValueError, match="different sweep named 'tiny'"):
         run_sweep({**TINY, "seeds": [2]}, store, backend="serial", progress=False)
+    # a spec stored by an older version (a field added since is missing, default value) still resumes
+    import sqlite3
+
+    with sqlite3.connect(store.path) as con:
+        text = con.execute("SELECT spec_toml FROM sweeps WHERE name = 'tiny'").fetchone()[0]
+        assert "record_every = 100\n" in text
+        con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = 'tiny'", (text.replace("record_every = 100\n", ""),))
+    assert run_sweep(TINY, store, backend="serial", progress=False).ran == 0
 
 
 def test_failed_and_diverged_tasks_are_recorded(tmp_path):
