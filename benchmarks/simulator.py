@@ -165,7 +165,7 @@ def best_interleaved(fns, repeat):
     is not skewed by a change of load on this shared machine between their runs)."""
     ts = [[] for _ in fns]
     for _ in range(repeat):
-        for fn, t in zip(fns, ts):
+        for fn, t in zip(fns, ts, strict=True):
             t0 = time.perf_counter()
             fn()
             t.append(time.perf_counter() - t0)

@@ -220,7 +220,6 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
     for g in range(LANES):
         z[g] = 0.0
     noisy = e0 != 0.0
-    pinned = _any_nonzero(kap)
     sq = math.sqrt(h)
     fh = np.empty(L)  # friction impulses mu-> dt and -mu<- dt, rounded as the reference's theta * dt
     bh = np.empty(L)
