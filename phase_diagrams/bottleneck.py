@@ -41,6 +41,7 @@ import pandas as pd  # noqa: E402
 from nets.bottleneck import bottleneck_summary  # noqa: E402
 from nets.resnet import STEP_SCHEMES  # noqa: E402
 from nets.train import TrainConfig, train_ensemble  # noqa: E402
+from phase_diagrams.plots import _save  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +248,6 @@ def plot_load_curves(df: pd.DataFrame, title: str = ""):
     axes[1, 0].set_ylabel("load per unit depth d_ℓ / ρ_ℓ")
     fig.suptitle(title or "load curves of leaky ResNets along the depth", fontsize=10)
     return fig
-
-
-def _save(fig, path: Path, written: list):
-    for ext in ("png", "pdf"):
-        fig.savefig(path.with_suffix(f".{ext}"), dpi=130)
-        written.append(path.with_suffix(f".{ext}"))
-    plt.close(fig)
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> Path:
