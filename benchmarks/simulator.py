@@ -1,4 +1,4 @@
-"""Simulator benchmark: ``python -m benchmarks.simulator [--quick]`` (about 15 s on 2 cores).
+"""Simulator benchmark: ``python -m benchmarks.simulator [--quick]`` (about 30 s on 2 cores).
 
 Measures in one run, on the same machine and the same model (the original first-order chain,
 L = 7, independent noise), the cost per block-step of
@@ -10,6 +10,8 @@ L = 7, independent noise), the cost per block-step of
   16-lane groups, seeds and generator code as the kernel, the physics replaced by a sum; the faster
   of two loops counts (normals drawn into a row buffer, or drawn and summed in one vector loop as
   the kernel's fused loop does),
+* the kernel with ``eps = 0`` (the physics alone, no normals drawn), and the kernel against the
+  normals on one core (a quarter of the ensemble),
 
 and the Langevin kernel against ``sdeint.itoint`` (Euler-Maruyama) on the original notebook SDE
 (L = 7, k = 0.1, m = gamma = 1, shared noise eps = 0.003, lam = 0.001, dt = 0.05, T = 700), per
@@ -23,6 +25,7 @@ import math
 import random
 import time
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -183,10 +186,22 @@ def run(quick: bool = False, repeat: int = 3) -> dict:
     noise_only(seeds[:2], 10, L, False, *ZIGGURAT)
     noise_only(seeds[:2], 10, L, True, *ZIGGURAT)
     bs = C * S * L
-    t_kernel, t_buffered, t_fused = (t / bs for t in best_interleaved(
+    p0 = p.replace(eps=0.0)
+    t_kernel, t_buffered, t_fused, t_phys = (t / bs for t in best_interleaved(
         [lambda: simulate(p, C, seed=1), lambda: noise_only(seeds, S, L, False, *ZIGGURAT),
-         lambda: noise_only(seeds, S, L, True, *ZIGGURAT)], repeat))
+         lambda: noise_only(seeds, S, L, True, *ZIGGURAT), lambda: simulate(p0, C, seed=1)], repeat))
     t_noise = min(t_buffered, t_fused)  # the generator at its best
+    # The same pair on one core (a quarter of the ensemble): the ratio without the second core's
+    # interference, which on this shared VM slows the arithmetic-heavy kernel more than the generator.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        C1 = C // 4
+        t_k1, t_b1, t_f1 = (t / (C1 * S * L) for t in best_interleaved(
+            [lambda: simulate(p, C1, seed=1), lambda: noise_only(seeds[:C1], S, L, False, *ZIGGURAT),
+             lambda: noise_only(seeds[:C1], S, L, True, *ZIGGURAT)], repeat))
+    finally:
+        numba.set_num_threads(threads)
     Cn, Sn = (256, 500) if quick else (2000, 1000)
     t_numpy = best(lambda: numpy_batch_first_order(p.replace(n_steps=Sn), Cn, seed=1), max(1, repeat - 1)) / (Cn * Sn * L)
     Cp, Sp = (2, 1000) if quick else (4, 2000)
@@ -198,17 +213,16 @@ def run(quick: bool = False, repeat: int = 3) -> dict:
     t_k2 = best(lambda: simulate(q, Cq, seed=1), repeat) / Cq  # per path
     qs = q if not quick else q.replace(n_steps=2000)
     t_sde = best(lambda: sdeint_notebook(qs), 1) * (q.n_steps / qs.n_steps)  # per path, scaled to T = 700
-    return dict(kernel=t_kernel, noise=t_noise, numpy=t_numpy, python=t_py, kernel2_path=t_k2, sdeint_path=t_sde)
+    return dict(kernel=t_kernel, noise=t_noise, physics=t_phys, kernel_1core=t_k1, noise_1core=min(t_b1, t_f1),
+                numpy=t_numpy, python=t_py, kernel2_path=t_k2, sdeint_path=t_sde, threads=threads)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.simulator", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller ensembles (for a smoke run)")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args(argv)
-    import numba
-
     r = run(args.quick, args.repeat)
     print(f"# springblock simulator benchmark ({numba.get_num_threads()} threads, {numba.threading_layer()} "
           f"threading layer; best of {args.repeat} runs)")
@@ -218,6 +232,8 @@ def main(argv=None):
     print(f"| plain-Python loop, per block-step | {r['python'] * 1e9:.0f} ns | kernel {r['python'] / r['kernel']:.0f}x faster | >= 500x |")
     print(f"| vectorised NumPy batch, per block-step | {r['numpy'] * 1e9:.2f} ns | kernel {r['numpy'] / r['kernel']:.1f}x faster | >= 3x |")
     print(f"| normals only (kernel's generator, same cores), per draw | {r['noise'] * 1e9:.2f} ns | kernel at {r['noise'] / r['kernel']:.2f} of this rate | >= 0.7 |")
+    print(f"| kernel with eps = 0 (physics alone, no draws), per block-step | {r['physics'] * 1e9:.2f} ns | | |")
+    print(f"| one core: kernel / normals only | {r['kernel_1core'] * 1e9:.2f} / {r['noise_1core'] * 1e9:.2f} ns | kernel at {r['noise_1core'] / r['kernel_1core']:.2f} of this rate | >= 0.7 |")
     print(f"| Langevin kernel, per path (T=700, 14000 steps) | {r['kernel2_path'] * 1e3:.3f} ms | 1 | |")
     print(f"| sdeint.itoint, per path | {r['sdeint_path']:.2f} s | kernel {r['sdeint_path'] / r['kernel2_path']:.0f}x faster | >= 1000x |")
 

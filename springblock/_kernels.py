@@ -17,10 +17,17 @@ scalar code perform the same IEEE operations, so the kernels agree bit for bit w
 
 Positions are updated synchronously (Jacobi): every block's force is computed from the old
 positions. Per step and block the 16 lanes' normals are drawn where they are used: with
-independent noise the generator (:func:`~springblock._rng.draw_lane`) and the physics share one
-vector loop, and the rare lanes whose candidate needs a rescue are redone with the settled
-normal; shared noise draws one row per step (:func:`~springblock._rng.draw_lanes`). When a point
-has ``eps == 0`` no random numbers are drawn for it.
+independent noise the generator (:func:`~springblock._rng.draw_lane_scaled`, which folds eps(t)
+into the ziggurat's power-of-two scaling: one multiplication fewer, the same bits) and the
+physics share one vector loop, and the rare lanes whose candidate needs a rescue are redone with
+the settled normal; shared noise draws one row per step (:func:`~springblock._rng.draw_lanes`).
+When a point has ``eps == 0`` no random numbers are drawn for it.
+
+Memory. Every array a group writes in its step loop is its own and starts on a cache line
+(:func:`_aligned_empty`, 64-byte aligned frame arrays): with the allocator's 16-byte alignment,
+vector loads and stores split cache lines in some processes and not others, and two threads'
+buffers could share a line. Nothing shared is passed to a call in the step loop either (Numba
+increfs array arguments around each call, an atomic op on the array's shared header).
 
 The friction update uses the soft threshold in the branch-free form
 ``sign(F) max(|F| - theta, 0) = F - clip(F, -mu<-, mu->)`` (theta = mu-> for F >= 0, mu<- otherwise;
@@ -39,8 +46,9 @@ from numba import njit, prange
 from springblock._rng import (
     LANES,
     STATE_WORDS,
+    ZIGGURAT_SCALE,
     candidate,
-    draw_lane,
+    draw_lane_scaled,
     draw_lanes,
     frame_array,
     lane_table,
@@ -48,6 +56,7 @@ from springblock._rng import (
     rescue_lanes,
     seed_lanes,
 )
+from springblock.params import NOISE_FLOOR
 
 __all__ = ["first_order", "first_order_serial", "second_order", "second_order_serial", "LANES"]
 
@@ -68,20 +77,6 @@ def _load_group(xa, xb, x, c0, n_valid, yp):
 
 
 @njit(inline="always")
-def _record(traj, rec, countdown, record_every, xa, c0, n_valid):
-    """Count one step down; every ``record_every`` steps copy the positions into ``traj[:, rec]``."""
-    countdown -= 1
-    if countdown == 0:
-        countdown = record_every
-        if rec < traj.shape[1]:
-            for g in range(n_valid):
-                for i in range(traj.shape[2]):
-                    traj[c0 + g, rec, i] = xa[i + 1, g]
-            rec += 1
-    return rec, countdown
-
-
-@njit(inline="always")
 def _store_group(x, xa, c0, n_valid):
     for g in range(n_valid):
         for i in range(x.shape[1]):
@@ -94,6 +89,24 @@ def _record_start(traj, x, c0, n_valid):
         for g in range(n_valid):
             for i in range(x.shape[1]):
                 traj[c0 + g, 0, i] = x[c0 + g, i]
+
+
+@njit(inline="always")
+def _eps_t(e0, lm, h, step):
+    """The noise amplitude at ``step``: ``e0 exp(-lm step h)``, 0 below ``NOISE_FLOOR`` (as the
+    reference's ``_eps_t``)."""
+    e = e0 if lm == 0.0 else e0 * math.exp(-lm * (step * h))
+    return e if e >= NOISE_FLOOR else 0.0
+
+
+@njit(inline="always")
+def _aligned_empty(n):
+    """An uninitialised float64 array of ``n`` elements starting on a 64-byte boundary (a cache
+    line, so a row of 8 lanes is one cache line: with NumPy's allocator's 16- or 32-byte
+    alignment, half the processes split every vector load and store in two and run ~40 % slower)."""
+    buf = np.empty(n + 8)
+    off = ((64 - buf.ctypes.data % 64) % 64) // 8
+    return buf[off:off + n]
 
 
 @njit(inline="always")
@@ -141,53 +154,68 @@ def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm,
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)
     seed_lanes(st, aux, seeds, c0, n_valid)
-    # Old and new positions are xs[step % 2] and xs[1 - step % 2] (swapping two arrays instead made
-    # LLVM give up vectorising the fused loop below).
-    xs = np.empty((2, L + 2, LANES))
+    # Old and new positions are xs[cur] and xs[1 - cur], indexed in place: no per-step views (each
+    # view is an NRT incref/decref call) and no call taking ``traj`` in the step loop (Numba increfs
+    # array arguments around every call; on ``traj``, shared by all threads, that atomic made two
+    # threads contend for one cache line every step).
+    xs = _aligned_empty(2 * (L + 2) * LANES).reshape((2, L + 2, LANES))
     _load_group(xs[0], xs[1], x, c0, n_valid, yp)
     _record_start(traj, x, c0, n_valid)
+    # Thread-local copies of the rescue's tables (the shared ones would be increfed, atomically and
+    # from every thread, at each rescue call).
+    tk = zk.copy()
+    tf = zf.copy()
     for g in range(LANES):
         z[g] = 0.0  # eps == 0: F + 0 * 0, as in the reference
     noisy = e0 != 0.0
     pinned = _any_nonzero(kap)
+    n_rec = traj.shape[1]
     rec = 1
     countdown = record_every
-    e_t = e0
+    e_t = _eps_t(e0, lm, h, 0)
     for step in range(n_steps):
         if lm != 0.0:
-            e_t = e0 * math.exp(-lm * (step * h))
-        xa = xs[step & 1]
-        xb = xs[1 - (step & 1)]
+            e_t = _eps_t(e0, lm, h, step)
+        es = e_t * ZIGGURAT_SCALE  # e_t * x == (sr M) * es, bit for bit (see draw_lane_scaled)
+        cur = step & 1
+        nxt = 1 - cur
         if noisy and sh:  # shared noise: one draw per step for all blocks
             if draw_lanes(z, rr, st, tab):
-                rescue_lanes(z, rr, aux, zt, zk, zf, zr)
+                rescue_lanes(z, rr, aux, tab, tk, tf, zr)
         for i in range(L):
             k0, k1, fw, nbw, ka, a = kp[i], kp[i + 1], mf[i], -mb[i], kap[i], pn[i]
-            # (The row loops are written out here, not in helpers taking xa and xb: Numba increfs
-            # and decrefs array arguments around every inlined call, an atomic op and a call per row.)
+            # (The row loops are written out here, not in helpers taking xs: Numba increfs and
+            # decrefs array arguments around every inlined call, an atomic op and a call per row.)
             if noisy and not sh:
                 any_rescue = False
                 for g in range(LANES):
-                    r, zc, ok = draw_lane(st, g, tab)
+                    r, ez, ok = draw_lane_scaled(st, g, tab, es)
                     rr[g] = r
                     any_rescue |= not ok
-                    xo = xa[i + 1, g]
-                    f = _spring_force(xa[i + 2, g], xo, xa[i, g], k0, k1, ka, a, pinned)
-                    xb[i + 1, g] = _slide(xo, f + e_t * zc, fw, nbw, h)
+                    xo = xs[cur, i + 1, g]
+                    f = _spring_force(xs[cur, i + 2, g], xo, xs[cur, i, g], k0, k1, ka, a, pinned)
+                    xs[nxt, i + 1, g] = _slide(xo, f + ez, fw, nbw, h)
                 if any_rescue:
                     for g2 in range(LANES):
-                        layer, sr, zs, ok2 = candidate(rr[g2], zt)
+                        layer, sr, zs, ok2 = candidate(rr[g2], tab)
                         if not ok2:
-                            zs = rescue(layer, sr, zs, aux, g2, zt, zk, zf, zr)
-                            xo2 = xa[i + 1, g2]
-                            f2 = _spring_force(xa[i + 2, g2], xo2, xa[i, g2], k0, k1, ka, a, pinned)
-                            xb[i + 1, g2] = _slide(xo2, f2 + e_t * zs, fw, nbw, h)
+                            zs = rescue(layer, sr, zs, aux, g2, tab, tk, tf, zr)
+                            xo2 = xs[cur, i + 1, g2]
+                            f2 = _spring_force(xs[cur, i + 2, g2], xo2, xs[cur, i, g2], k0, k1, ka, a, pinned)
+                            xs[nxt, i + 1, g2] = _slide(xo2, f2 + e_t * zs, fw, nbw, h)
             else:
                 for g3 in range(LANES):
-                    xo3 = xa[i + 1, g3]
-                    f3 = _spring_force(xa[i + 2, g3], xo3, xa[i, g3], k0, k1, ka, a, pinned)
-                    xb[i + 1, g3] = _slide(xo3, f3 + e_t * z[g3], fw, nbw, h)
-        rec, countdown = _record(traj, rec, countdown, record_every, xb, c0, n_valid)
+                    xo3 = xs[cur, i + 1, g3]
+                    f3 = _spring_force(xs[cur, i + 2, g3], xo3, xs[cur, i, g3], k0, k1, ka, a, pinned)
+                    xs[nxt, i + 1, g3] = _slide(xo3, f3 + e_t * z[g3], fw, nbw, h)
+        countdown -= 1
+        if countdown == 0:  # record (written out: see above)
+            countdown = record_every
+            if rec < n_rec:
+                for g4 in range(n_valid):
+                    for i4 in range(L):
+                        traj[c0 + g4, rec, i4] = xs[nxt, i4 + 1, g4]
+                rec += 1
     _store_group(x, xs[n_steps & 1], c0, n_valid)
 
 
@@ -209,10 +237,12 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
     rr = frame_array(LANES, np.uint64)
     aux = np.empty((4, LANES), dtype=np.uint64)
     seed_lanes(st, aux, seeds, c0, n_valid)
-    xa = np.empty((L + 2, LANES))
-    xb = np.empty((L + 2, LANES))
+    xa = _aligned_empty((L + 2) * LANES).reshape((L + 2, LANES))
+    xb = _aligned_empty((L + 2) * LANES).reshape((L + 2, LANES))
     _load_group(xa, xb, x, c0, n_valid, yp)
-    vl = np.empty((L, LANES))
+    tk = zk.copy()  # thread-local rescue tables, as in the first-order kernel
+    tf = zf.copy()
+    vl = _aligned_empty(L * LANES).reshape((L, LANES))
     for g in range(LANES):
         for i in range(L):
             vl[i, g] = v[c0 + min(g, n_valid - 1), i]
@@ -226,20 +256,21 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
     for i in range(L):
         fh[i] = mf[i] * h
         bh[i] = -(mb[i] * h)
+    n_rec = traj.shape[1]
     rec = 1
     countdown = record_every
-    e_t = e0
+    e_t = _eps_t(e0, lm, h, 0)
     for step in range(n_steps):
         if lm != 0.0:
-            e_t = e0 * math.exp(-lm * (step * h))
+            e_t = _eps_t(e0, lm, h, step)
         es = e_t * sq
         if noisy and sh:
             if draw_lanes(z, rr, st, tab):
-                rescue_lanes(z, rr, aux, zt, zk, zf, zr)
+                rescue_lanes(z, rr, aux, tab, tk, tf, zr)
         for i in range(L):
             if noisy and not sh:
                 if draw_lanes(z, rr, st, tab):
-                    rescue_lanes(z, rr, aux, zt, zk, zf, zr)
+                    rescue_lanes(z, rr, aux, tab, tk, tf, zr)
             k0, k1, fw, bw, ka, a = kp[i], kp[i + 1], fh[i], bh[i], kap[i], pn[i]
             for g in range(LANES):
                 xo = xa[i + 1, g]
@@ -251,7 +282,14 @@ def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0,
                 vl[i, g] = vn
                 xb[i + 1, g] = xo + h * vn
         xa, xb = xb, xa
-        rec, countdown = _record(traj, rec, countdown, record_every, xa, c0, n_valid)
+        countdown -= 1
+        if countdown == 0:  # record, written out (see the first-order kernel)
+            countdown = record_every
+            if rec < n_rec:
+                for g4 in range(n_valid):
+                    for i4 in range(L):
+                        traj[c0 + g4, rec, i4] = xa[i4 + 1, g4]
+                rec += 1
     _store_group(x, xa, c0, n_valid)
     for g in range(n_valid):
         for i in range(L):

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from springblock.params import ChainParams
+from springblock.params import NOISE_FLOOR, ChainParams
 
 __all__ = ["n_normals", "first_order", "second_order", "numpy_batch_first_order"]
 
@@ -47,9 +47,9 @@ def _noise_reader(params, noise):
 
 
 def _eps_t(params, step):
-    if params.lam == 0.0:
-        return params.eps
-    return params.eps * math.exp(-params.lam * (step * params.eta))
+    """eps(t) = eps exp(-lam t), t = step * eta; 0 once below ``NOISE_FLOOR`` (~1.4e-277), as in the kernels."""
+    e = params.eps if params.lam == 0.0 else params.eps * math.exp(-params.lam * (step * params.eta))
+    return e if e >= NOISE_FLOOR else 0.0
 
 
 def _spring_force(params, x):

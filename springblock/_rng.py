@@ -55,8 +55,9 @@ from numba.core import cgutils, errors
 from numba.extending import intrinsic, overload
 
 __all__ = [
-    "LAYERS", "LANES", "STATE_WORDS", "ZIGGURAT", "splitmix64", "seed_state", "next_u64", "uniform", "candidate",
-    "rescue", "fill_normals", "frame_array", "lane_table", "seed_lanes", "draw_lane", "draw_lanes", "rescue_lanes",
+    "LAYERS", "LANES", "STATE_WORDS", "ZIGGURAT", "ZIGGURAT_SCALE", "splitmix64", "seed_state", "next_u64",
+    "uniform", "candidate", "rescue", "fill_normals", "frame_array", "lane_table", "seed_lanes", "draw_lane",
+    "draw_lane_scaled", "draw_lanes", "rescue_lanes",
 ]
 
 #: Layers of the ziggurat. More layers send fewer draws to the slow path (1/LAYERS of them come
@@ -73,6 +74,8 @@ _EDGE_FRAC_BITS = 50  # x_layer = M * 2^-50, M < 2^53
 _CODE_SHIFT = 41  # fast-test code = k_layer >> 41 (11 bits, stored in bits 53-63)
 _EDGE_MASK = (1 << 53) - 1
 _X_SCALE = 2.0 ** -(52 + _EDGE_FRAC_BITS)  # x = (sr * 2^-102) * M
+#: ``x = (sr * M) * ZIGGURAT_SCALE`` for every candidate (see :func:`draw_lane_scaled`).
+ZIGGURAT_SCALE = _X_SCALE
 
 
 def _ziggurat_tables(n: int = LAYERS):
@@ -139,7 +142,9 @@ def _alloca(typingctx, n, dtype):
     count, dt = n.literal_value, dtype.dtype
 
     def codegen(context, builder, sig, args):
-        return cgutils.alloca_once(builder, context.get_value_type(dt), size=count)
+        ptr = cgutils.alloca_once(builder, context.get_value_type(dt), size=count)
+        ptr.align = 64  # a cache line: vector loads and stores of these arrays never split one
+        return ptr
 
     return types.CPointer(dt)(n, dtype), codegen
 
@@ -231,10 +236,20 @@ def candidate(r, zt):
     """
     layer = np.intp(r & uint64(LAYERS - 1))
     sr = np.int64(r) >> np.int64(_LAYER_BITS)
+    layer, sr, p, ok = _candidate_product(r, zt)
+    return layer, sr, p * _X_SCALE, ok
+
+
+@njit(inline="always")
+def _candidate_product(r, zt):
+    """:func:`candidate` with ``p = sr * M`` (one rounding) in place of ``x``: ``x = p * 2^-102``
+    exactly (a power-of-two scaling of a normal number), the same bits as ``(sr 2^-102) M``."""
+    layer = np.intp(r & uint64(LAYERS - 1))
+    sr = np.int64(r) >> np.int64(_LAYER_BITS)
     w = zt[layer]
-    x = (float(sr) * _X_SCALE) * float(np.int64(w & uint64(_EDGE_MASK)))
+    p = float(sr) * float(np.int64(w & uint64(_EDGE_MASK)))
     ok = (abs(sr) >> np.int64(_CODE_SHIFT)) < np.int64(w >> uint64(53))
-    return layer, sr, x, ok
+    return layer, sr, p, ok
 
 
 @njit
@@ -325,6 +340,20 @@ def draw_lane(st, g, tab):
     st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g] = s0, s1, s2, s3
     layer, sr, x, ok = candidate(r, tab)
     return r, x, ok
+
+
+@njit(inline="always")
+def draw_lane_scaled(st, g, tab, scale):
+    """:func:`draw_lane` returning ``scale * x`` for the candidate ``x``, with one multiplication
+    fewer: ``(sr M) (scale 2^-102)``, which is bit for bit ``scale * x`` when ``scale`` is 0 or in
+    ``[springblock.params.NOISE_FLOOR, NOISE_CEIL]`` (both products are then normal numbers scaled by a
+    power of two).
+    Pass ``scale * ZIGGURAT_SCALE`` as ``scale``; returns ``(r, scale * x, accepted)``."""
+    s0, s1, s2, s3 = st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g]
+    r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
+    st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g] = s0, s1, s2, s3
+    layer, sr, p, ok = _candidate_product(r, tab)
+    return r, p * scale, ok
 
 
 @njit(inline="always")

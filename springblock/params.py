@@ -48,9 +48,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChainParams", "NOISE_MODES", "mesh_chain"]
+__all__ = ["ChainParams", "NOISE_MODES", "NOISE_FLOOR", "NOISE_CEIL", "mesh_chain"]
 
 NOISE_MODES = ("independent", "shared")
+#: eps(t) below NOISE_FLOOR (2^-920, about 1.4e-277) counts as 0 in the kernels and the reference,
+#: and eps must be <= NOISE_CEIL: in between, the kernels fold eps(t) into the ziggurat's own
+#: power-of-two scaling of its candidates without changing a bit of the result
+#: (:func:`springblock._rng.draw_lane_scaled`).
+NOISE_FLOOR = 2.0 ** -920
+NOISE_CEIL = 1e250
 
 ArrayLike = float | tuple
 
@@ -135,6 +141,8 @@ class ChainParams:
             if np.ndim(v) != 0:
                 raise ValueError(f"ChainParams.{name} must be a scalar, got {v!r}")
             set_(name, _per(name, v, 1, **kw))
+        if self.eps > NOISE_CEIL:
+            raise ValueError(f"ChainParams.eps must be <= {NOISE_CEIL:g}, got {self.eps!r}")
         self._check_stability()
 
     # ------------------------------------------------------------------ arrays

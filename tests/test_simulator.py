@@ -101,3 +101,27 @@ def test_initial_state_and_mismatched_grid_errors():
         simulate(p, 2, record_every=0)
     with pytest.raises(ValueError, match="seed"):
         simulate(p, 2, seed=-1)
+
+
+def test_noise_below_the_floor_counts_as_zero_in_kernels_and_reference():
+    # eps(t) = exp(-400 t) falls below NOISE_FLOOR = 2^-920 between steps 159 and 160 (t = 0.01 step):
+    # the kernels (which fold eps(t) into the ziggurat's scaling) and the reference must agree bit
+    # for bit on both sides of it, first and second order.
+    from springblock.params import NOISE_FLOOR
+
+    p1 = ChainParams(n_steps=300, eps=1.0, lam=400.0, mu_forward=0.0, mu_backward=0.0)
+    assert ref._eps_t(p1, 159) >= NOISE_FLOOR and ref._eps_t(p1, 160) == 0.0
+    p2 = ChainParams.second_order_original(n_steps=300, noise="independent", eps=1.0, lam=80.0)  # dt = 0.05
+    assert ref._eps_t(p2, 159) >= NOISE_FLOOR and ref._eps_t(p2, 160) == 0.0
+    for p in (p1, p2):
+        res = simulate(p, n_chains=17, seed=5, record_every=1)
+        for c in (0, 16):
+            z = standard_normals(res.seeds[c], ref.n_normals(p))
+            tr = ref.first_order(p, z, record_every=1)[1] if p.order == 1 else ref.second_order(p, z, record_every=1)[2]
+            assert np.array_equal(res.traj[c], tr)
+
+
+@pytest.mark.parametrize("eps", [1e251, np.inf, -1e-3])
+def test_noise_amplitude_out_of_range_is_an_error(eps):
+    with pytest.raises(ValueError, match="eps"):
+        ChainParams(eps=eps)
