@@ -133,90 +133,100 @@ def _slide(xo, f, fw, nbw, h):
     return xo + h * (f - min(max(f, nbw), fw))
 
 
-@njit(cache=True)
-def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_steps,
-                       record_every, zt, zk, zf, zr):
-    """Chains ``c0 .. c0 + n_valid - 1`` (one point, ``n_valid <= LANES``) of the overdamped model, in place.
+def _make_group_first_order(pinned):
+    """The first-order group kernel with the pinning term compiled in (``pinned=True``) or out: a
+    constant here, so the unpinned kernel's vector loop carries no pinning branch or operands."""
 
-    x : (n, L) positions in/out; traj : (n, R, L); kp : (L+1,); mf, mb, kap, pn : (L,); scalars.
-    Per step and block i, for all lanes at once (old positions ``xa``, new ``xb``):
+    @njit(cache=True)
+    def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_steps,
+                           record_every, zt, zk, zf, zr):
+        """Chains ``c0 .. c0 + n_valid - 1`` (one point, ``n_valid <= LANES``) of the overdamped model, in place.
 
-        F = k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i) + eps(t) xi
-        x_i <- x_i + eta (F - clip(F, -mu<-_i, mu->_i))
+        x : (n, L) positions in/out; traj : (n, R, L); kp : (L+1,); mf, mb, kap, pn : (L,); scalars.
+        Per step and block i, for all lanes at once (old positions ``xa``, new ``xb``):
 
-    Independent noise: each lane's next candidate normal is drawn and used in one vector loop per
-    block; the rare lanes whose candidate needs a rescue are redone with the settled normal.
-    """
-    L = x.shape[1]
-    tab = lane_table(zt)
-    st = frame_array(STATE_WORDS, np.uint64)
-    z = frame_array(LANES, np.float64)
-    rr = frame_array(LANES, np.uint64)
-    aux = np.empty((4, LANES), dtype=np.uint64)
-    seed_lanes(st, aux, seeds, c0, n_valid)
-    # Old and new positions are xs[cur] and xs[1 - cur], indexed in place: no per-step views (each
-    # view is an NRT incref/decref call) and no call taking ``traj`` in the step loop (Numba increfs
-    # array arguments around every call; on ``traj``, shared by all threads, that atomic made two
-    # threads contend for one cache line every step).
-    xs = _aligned_empty(2 * (L + 2) * LANES).reshape((2, L + 2, LANES))
-    _load_group(xs[0], xs[1], x, c0, n_valid, yp)
-    _record_start(traj, x, c0, n_valid)
-    # Thread-local copies of the rescue's tables (the shared ones would be increfed, atomically and
-    # from every thread, at each rescue call).
-    tk = zk.copy()
-    tf = zf.copy()
-    for g in range(LANES):
-        z[g] = 0.0  # eps == 0: F + 0 * 0, as in the reference
-    noisy = e0 != 0.0
-    pinned = _any_nonzero(kap)
-    n_rec = traj.shape[1]
-    rec = 1
-    countdown = record_every
-    e_t = _eps_t(e0, lm, h, 0)
-    for step in range(n_steps):
-        if lm != 0.0:
-            e_t = _eps_t(e0, lm, h, step)
-        es = e_t * ZIGGURAT_SCALE  # e_t * x == (sr M) * es, bit for bit (see draw_lane_scaled)
-        cur = step & 1
-        nxt = 1 - cur
-        if noisy and sh:  # shared noise: one draw per step for all blocks
-            if draw_lanes(z, rr, st, tab):
-                rescue_lanes(z, rr, aux, tab, tk, tf, zr)
-        for i in range(L):
-            k0, k1, fw, nbw, ka, a = kp[i], kp[i + 1], mf[i], -mb[i], kap[i], pn[i]
-            # (The row loops are written out here, not in helpers taking xs: Numba increfs and
-            # decrefs array arguments around every inlined call, an atomic op and a call per row.)
-            if noisy and not sh:
-                any_rescue = False
-                for g in range(LANES):
-                    r, ez, ok = draw_lane_scaled(st, g, tab, es)
-                    rr[g] = r
-                    any_rescue |= not ok
-                    xo = xs[cur, i + 1, g]
-                    f = _spring_force(xs[cur, i + 2, g], xo, xs[cur, i, g], k0, k1, ka, a, pinned)
-                    xs[nxt, i + 1, g] = _slide(xo, f + ez, fw, nbw, h)
-                if any_rescue:
-                    for g2 in range(LANES):
-                        layer, sr, zs, ok2 = candidate(rr[g2], tab)
-                        if not ok2:
-                            zs = rescue(layer, sr, zs, aux, g2, tab, tk, tf, zr)
-                            xo2 = xs[cur, i + 1, g2]
-                            f2 = _spring_force(xs[cur, i + 2, g2], xo2, xs[cur, i, g2], k0, k1, ka, a, pinned)
-                            xs[nxt, i + 1, g2] = _slide(xo2, f2 + e_t * zs, fw, nbw, h)
-            else:
-                for g3 in range(LANES):
-                    xo3 = xs[cur, i + 1, g3]
-                    f3 = _spring_force(xs[cur, i + 2, g3], xo3, xs[cur, i, g3], k0, k1, ka, a, pinned)
-                    xs[nxt, i + 1, g3] = _slide(xo3, f3 + e_t * z[g3], fw, nbw, h)
-        countdown -= 1
-        if countdown == 0:  # record (written out: see above)
-            countdown = record_every
-            if rec < n_rec:
-                for g4 in range(n_valid):
-                    for i4 in range(L):
-                        traj[c0 + g4, rec, i4] = xs[nxt, i4 + 1, g4]
-                rec += 1
-    _store_group(x, xs[n_steps & 1], c0, n_valid)
+            F = k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i) + eps(t) xi
+            x_i <- x_i + eta (F - clip(F, -mu<-_i, mu->_i))
+
+        Independent noise: each lane's next candidate normal is drawn and used in one vector loop per
+        block; the rare lanes whose candidate needs a rescue are redone with the settled normal.
+        """
+        L = x.shape[1]
+        tab = lane_table(zt)
+        st = frame_array(STATE_WORDS, np.uint64)
+        z = frame_array(LANES, np.float64)
+        rr = frame_array(LANES, np.uint64)
+        aux = np.empty((4, LANES), dtype=np.uint64)
+        seed_lanes(st, aux, seeds, c0, n_valid)
+        # Old and new positions are xs[cur] and xs[1 - cur], indexed in place: no per-step views (each
+        # view is an NRT incref/decref call) and no call taking ``traj`` in the step loop (Numba increfs
+        # array arguments around every call; on ``traj``, shared by all threads, that atomic made two
+        # threads contend for one cache line every step).
+        xs = _aligned_empty(2 * (L + 2) * LANES).reshape((2, L + 2, LANES))
+        _load_group(xs[0], xs[1], x, c0, n_valid, yp)
+        _record_start(traj, x, c0, n_valid)
+        # Thread-local copies of the rescue's tables (the shared ones would be increfed, atomically and
+        # from every thread, at each rescue call).
+        tk = zk.copy()
+        tf = zf.copy()
+        for g in range(LANES):
+            z[g] = 0.0  # eps == 0: F + 0 * 0, as in the reference
+        noisy = e0 != 0.0
+        n_rec = traj.shape[1]
+        rec = 1
+        countdown = record_every
+        e_t = _eps_t(e0, lm, h, 0)
+        for step in range(n_steps):
+            if lm != 0.0:
+                e_t = _eps_t(e0, lm, h, step)
+            es = e_t * ZIGGURAT_SCALE  # e_t * x == (sr M) * es, bit for bit (see draw_lane_scaled)
+            cur = step & 1
+            nxt = 1 - cur
+            if noisy and sh:  # shared noise: one draw per step for all blocks
+                if draw_lanes(z, rr, st, tab):
+                    rescue_lanes(z, rr, aux, tab, tk, tf, zr)
+            for i in range(L):
+                k0, k1, fw, nbw, ka, a = kp[i], kp[i + 1], mf[i], -mb[i], kap[i], pn[i]
+                # (The row loops are written out here, not in helpers taking xs: Numba increfs and
+                # decrefs array arguments around every inlined call, an atomic op and a call per row.)
+                if noisy and not sh:
+                    any_rescue = False
+                    for g in range(LANES):
+                        r, ez, ok = draw_lane_scaled(st, g, tab, es)
+                        rr[g] = r
+                        any_rescue |= not ok
+                        xo = xs[cur, i + 1, g]
+                        f = _spring_force(xs[cur, i + 2, g], xo, xs[cur, i, g], k0, k1, ka, a, pinned)
+                        xs[nxt, i + 1, g] = _slide(xo, f + ez, fw, nbw, h)
+                    if any_rescue:
+                        for g2 in range(LANES):
+                            layer, sr, zs, ok2 = candidate(rr[g2], tab)
+                            if not ok2:
+                                zs = rescue(layer, sr, zs, aux, g2, tab, tk, tf, zr)
+                                xo2 = xs[cur, i + 1, g2]
+                                f2 = _spring_force(xs[cur, i + 2, g2], xo2, xs[cur, i, g2], k0, k1, ka, a, pinned)
+                                xs[nxt, i + 1, g2] = _slide(xo2, f2 + e_t * zs, fw, nbw, h)
+                else:
+                    for g3 in range(LANES):
+                        xo3 = xs[cur, i + 1, g3]
+                        f3 = _spring_force(xs[cur, i + 2, g3], xo3, xs[cur, i, g3], k0, k1, ka, a, pinned)
+                        xs[nxt, i + 1, g3] = _slide(xo3, f3 + e_t * z[g3], fw, nbw, h)
+            countdown -= 1
+            if countdown == 0:  # record (written out: see above)
+                countdown = record_every
+                if rec < n_rec:
+                    for g4 in range(n_valid):
+                        for i4 in range(L):
+                            traj[c0 + g4, rec, i4] = xs[nxt, i4 + 1, g4]
+                    rec += 1
+        _store_group(x, xs[n_steps & 1], c0, n_valid)
+
+    return _group_first_order
+
+
+# Numba's cache keys each by its closure constant too, so both are cached.
+_group_first_order_free = _make_group_first_order(False)
+_group_first_order_pinned = _make_group_first_order(True)
 
 
 @njit(cache=True)
@@ -308,8 +318,12 @@ def _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kapp
                        n_steps, record_every, zt, zk, zf, zr):
     p = j // per_point
     c = (j % per_point) * LANES
-    _group_first_order(x, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p], kappa[p],
-                       pin[p], eps[p], lam[p], eta[p], y[p], shared[p], n_steps, record_every, zt, zk, zf, zr)
+    args = (x, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p], kappa[p], pin[p],
+            eps[p], lam[p], eta[p], y[p], shared[p], n_steps, record_every, zt, zk, zf, zr)
+    if _any_nonzero(kappa[p]):
+        _group_first_order_pinned(*args)
+    else:
+        _group_first_order_free(*args)
 
 
 @njit(inline="always")
