@@ -50,6 +50,11 @@ Summary numbers (:func:`bottleneck_summary`)
     ``Σ ρ_ℓ`` of the layers with ``COI_ℓ ≤ min COI + 1``: within one dimension of the narrowest
     layer), and the share of the kinetic action ``Σ ρ_ℓ T_ℓ`` spent in the first and the last
     quarter of the depth ``p``.
+
+What a representation carries (:func:`direction_r2`)
+    The R² of each centred principal direction of ``A`` fitted affinely by given regressors
+    (e.g. a teacher's bottleneck coordinates ``z``, or ``[z, ‖z‖]``), on the training points and,
+    with the training directions and fits frozen, on held-out points.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ __all__ = [
     "layer_measures",
     "bottleneck_summary",
     "per_depth_loads",
+    "direction_r2",
 ]
 
 #: Default relative ridge ``γ₀`` of the stable COI and the kinetic energy (``γ = γ₀ ‖K‖_op``).
@@ -365,3 +371,81 @@ def per_depth_loads(curve, rho) -> np.ndarray:
     if np.any(rho <= 0):
         raise ValueError(f"rho must be > 0, got {rho.tolist()}")
     return -np.diff(c) / rho
+
+
+def _design(x, n: int, what: str) -> np.ndarray:
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ValueError(f"{what} must have {n} rows (one per data point), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what} contains non-finite values (NaN or inf)")
+    return np.hstack([x, np.ones((n, 1))])
+
+
+def direction_r2(a, regressors, *, a_test=None, regressors_test=None, n_directions: int | None = None) -> dict:
+    """How much of each centred principal direction of ``A`` is an affine function of ``regressors``.
+
+    With ``A − 1 ā = U S Vᵀ`` (``ā`` the mean row) the ``i``-th principal score is
+    ``t_i = (A − 1ā) v_i`` (variance ``s_i²/N``). Each score is least-squares fitted by an affine
+    function of the regressors ``X`` ``(N, m)``: ``t̂_i = [X, 1] β_i``, and
+    ``R²_i = 1 − ‖t_i − t̂_i‖² / ‖t_i‖²`` (the scores are centred). ``r2_total = Σ s_i² R²_i / Σ s_i²``
+    (over all directions) is the share of the centred variance of ``A`` that is affine in ``X``.
+
+    With ``a_test`` and ``regressors_test`` the training mean, directions ``v_i`` and coefficients
+    ``β_i`` are applied unchanged to held-out points: ``R²_test,i = 1 − ‖t_i' − t̂_i'‖² / ‖t_i' −
+    mean t_i'‖²`` with ``t_i' = (A' − 1ā) v_i`` — whether the direction and its dependence on ``X``
+    generalise (``≤ 1``, negative when the fit is worse than the test mean).
+
+    Parameters
+    ----------
+    a : array or tensor ``(N, w)``
+        Representation (rows = data points).
+    regressors : array ``(N, m)`` (or ``(N,)``)
+        E.g. the teacher's bottleneck coordinates ``z``, or nonlinear features of them.
+    a_test, regressors_test : arrays ``(N', w)``, ``(N', m)``, optional
+    n_directions : int, optional
+        Report only the first directions (default all ``min(N, w)``; ``r2_total`` uses all).
+
+    Returns
+    -------
+    dict with ``sv_centered`` (``s_i``), ``r2`` (``R²_i``), ``r2_total``, and with test data
+    ``r2_test``, ``r2_total_test`` (the same share on the test points), ``sv_test`` (the test
+    scores' norms ``‖t_i'‖·√(N/N')``, comparable with ``s_i``).
+    """
+    t = _t64(a).cpu().numpy()
+    n = t.shape[0]
+    xd = _design(regressors, n, "regressors")
+    if xd.shape[1] > n:
+        raise ValueError(f"{xd.shape[1] - 1} regressors and a constant for {n} points: the fit is underdetermined")
+    mean = t.mean(0)
+    u, s, vt = np.linalg.svd(t - mean, full_matrices=False)
+    scores = u * s  # (N, r): t_i as columns
+    beta, *_ = np.linalg.lstsq(xd, scores, rcond=None)
+    res = scores - xd @ beta
+    tot = s**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where(tot > 0, 1.0 - np.sum(res**2, 0) / tot, np.nan)
+    k = len(s) if n_directions is None else min(int(n_directions), len(s))
+    out = dict(sv_centered=s[:k].tolist(), r2=r2[:k].tolist(),
+               r2_total=float(1.0 - np.sum(res**2) / np.sum(tot)) if np.sum(tot) > 0 else math.nan)
+    if (a_test is None) != (regressors_test is None):
+        raise ValueError("give both a_test and regressors_test, or neither")
+    if a_test is not None:
+        tt = _t64(a_test).cpu().numpy()
+        if tt.shape[1] != t.shape[1]:
+            raise ValueError(f"a_test must have {t.shape[1]} columns, got {tt.shape[1]}")
+        xt = _design(regressors_test, tt.shape[0], "regressors_test")
+        if xt.shape[1] != xd.shape[1]:
+            raise ValueError(f"regressors_test must have {xd.shape[1] - 1} columns, got {xt.shape[1] - 1}")
+        st = (tt - mean) @ vt.T
+        rt = st - xt @ beta
+        dev = st - st.mean(0)
+        tot_t = np.sum(dev**2, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r2t = np.where(tot_t > 0, 1.0 - np.sum(rt**2, 0) / tot_t, np.nan)
+        out.update(r2_test=r2t[:k].tolist(),
+                   r2_total_test=float(1.0 - np.sum(rt**2) / np.sum(tot_t)) if np.sum(tot_t) > 0 else math.nan,
+                   sv_test=(np.sqrt(np.sum(st**2, 0) * n / tt.shape[0]))[:k].tolist())
+    return out

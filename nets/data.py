@@ -442,16 +442,27 @@ def gaussian_mixture(n_train: int, n_test: int, *, n_classes: int = 10, dim: int
 TEACHER_DIMS = dict(d_in=30, rank=3, d_out=30, hidden=100)
 
 
-def teacher_function(*, d_in: int = 30, rank: int = 3, d_out: int = 30, hidden: int = 100, seed: int = 0):
+#: Teacher variants: the random ReLU network of each half, or the same network without its
+#: ReLU and hidden bias (a linear map of rank ``≤ k*``) — controls for the bottleneck study.
+TEACHER_HALVES = ("relu", "linear")
+
+
+def teacher_function(*, d_in: int = 30, rank: int = 3, d_out: int = 30, hidden: int = 100, seed: int = 0,
+                     encoder: str = "relu", decoder: str = "relu"):
     """The two random ReLU networks of the teacher, as NumPy callables ``(g, h)``.
 
     ``g(x) = V_2 ReLU(V_1 x + a_1)``: ``R^{d_in} → R^{rank}``; ``h(z) = U_2 ReLU(U_1 z + b_1)``:
     ``R^{rank} → R^{d_out}``; weights ``N(0, 2/fan_in)``, biases ``N(0, 0.1²)`` drawn in that order
     from ``np.random.default_rng(seed)``. Both act on rows (``(n, d)`` arrays).
+    ``encoder="linear"`` (``decoder="linear"``) removes the ReLU and the hidden bias of that half:
+    ``g(x) = V_2 V_1 x`` (``h(z) = U_2 U_1 z``), with the same draws, so the other half is unchanged.
     """
     for name, val in (("d_in", d_in), ("rank", rank), ("d_out", d_out), ("hidden", hidden)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"teacher: {name} must be an integer >= 1, got {val!r}")
+    for name, val in (("encoder", encoder), ("decoder", decoder)):
+        if val not in TEACHER_HALVES:
+            raise ValueError(f"teacher: {name} must be one of {TEACHER_HALVES}, got {val!r}")
     rng = np.random.default_rng(seed)
     v1 = rng.standard_normal((hidden, d_in)) * np.sqrt(2.0 / d_in)
     a1 = rng.standard_normal(hidden) * 0.1
@@ -459,18 +470,21 @@ def teacher_function(*, d_in: int = 30, rank: int = 3, d_out: int = 30, hidden: 
     u1 = rng.standard_normal((hidden, rank)) * np.sqrt(2.0 / rank)
     b1 = rng.standard_normal(hidden) * 0.1
     u2 = rng.standard_normal((d_out, hidden)) * np.sqrt(2.0 / hidden)
+    enc_act = (lambda t: np.maximum(t + a1, 0.0)) if encoder == "relu" else (lambda t: t)
+    dec_act = (lambda t: np.maximum(t + b1, 0.0)) if decoder == "relu" else (lambda t: t)
 
     def g(x):
-        return np.maximum(np.asarray(x, dtype=np.float64) @ v1.T + a1, 0.0) @ v2.T
+        return enc_act(np.asarray(x, dtype=np.float64) @ v1.T) @ v2.T
 
     def h(z):
-        return np.maximum(np.asarray(z, dtype=np.float64) @ u1.T + b1, 0.0) @ u2.T
+        return dec_act(np.asarray(z, dtype=np.float64) @ u1.T) @ u2.T
 
     return g, h
 
 
 def teacher_data(n_train: int, n_test: int, *, d_in: int = 30, rank: int = 3, d_out: int = 30,
-                 hidden: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+                 hidden: int = 100, seed: int = 0, encoder: str = "relu",
+                 decoder: str = "relu") -> dict[str, np.ndarray]:
     """Regression data from a random teacher with a bottleneck of rank ``k* = rank``.
 
     ``x ~ N(0, I_{d_in})``; ``z = g(x) ∈ R^rank`` and ``y = h(z) ∈ R^{d_out}`` with the two random
@@ -478,7 +492,8 @@ def teacher_data(n_train: int, n_test: int, *, d_in: int = 30, rank: int = 3, d_
     drawn after the weights from the same generator, training set first). Every output coordinate
     is then centred and scaled to unit variance with the training set's statistics, so ``y``
     depends on ``x`` only through the ``rank`` numbers ``z`` (the Jacobian ``∂y/∂x`` has rank
-    ``≤ k*`` everywhere).
+    ``≤ k*`` everywhere). ``encoder``/``decoder``: ``"relu"`` (default) or ``"linear"``, see
+    :func:`teacher_function` (the inputs drawn are the same for every variant).
 
     Returns float32 ``x_train (n_train, d_in)``, ``y_train (n_train, d_out)``, ``x_test``,
     ``y_test``, and ``z_train``/``z_test`` (the bottleneck coordinates).
@@ -486,7 +501,8 @@ def teacher_data(n_train: int, n_test: int, *, d_in: int = 30, rank: int = 3, d_
     for name, val in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"teacher_data: {name} must be an integer >= 1, got {val!r}")
-    g, h = teacher_function(d_in=d_in, rank=rank, d_out=d_out, hidden=hidden, seed=seed)
+    g, h = teacher_function(d_in=d_in, rank=rank, d_out=d_out, hidden=hidden, seed=seed, encoder=encoder,
+                            decoder=decoder)
     rng = np.random.default_rng([seed, 1])
     out, mean, std = {}, None, None
     for split, n in (("train", n_train), ("test", n_test)):

@@ -24,9 +24,11 @@ Commands (each calls one documented Python function)
     Print a preset as TOML, to copy and edit (:func:`phase_diagrams.spec.spec_to_toml`).
 ``simulate [--preset P|all] [--out DIR] ...``
     The stand-alone simulated diagrams (:func:`phase_diagrams.simulated.run_simulated_diagrams`).
-``bottleneck [--study teacher|load] [--out DIR] [--ltilde 1,2,4,8,16] [--schemes ...] [--epochs N] ...``
+``bottleneck [--study teacher|load|directions] [--out DIR] [--ltilde 1,2,4,8,16] [--schemes ...] [--epochs N] ...``
     Leaky-ResNet bottleneck studies and their figures (:func:`phase_diagrams.bottleneck.run_bottleneck`):
-    singular values across depth, COI / kinetic energy / k̂ along the depth, load curves.
+    singular values across depth, COI / kinetic energy / k̂ along the depth, load curves; ``--study
+    directions`` (:func:`phase_diagrams.bottleneck.run_directions`) takes comma-separated
+    ``--weight-decay`` and ``--seed`` lists and ``--encoder``/``--decoder relu|linear`` (control teachers).
 """
 
 from __future__ import annotations
@@ -114,17 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ratio", type=float, default=2.0)
 
     b = sub.add_parser("bottleneck", help="leaky-ResNet bottleneck studies (teacher k* = 3, or load curves)")
-    b.add_argument("--study", default="teacher", choices=("teacher", "load"))
+    b.add_argument("--study", default="teacher", choices=("teacher", "load", "directions"))
     b.add_argument("--out", default="figures", help="output directory (default figures/)")
     b.add_argument("--ltilde", default="1,2,4,8,16", help="effective depths, comma-separated")
     b.add_argument("--schemes", default="equidistant,irregular,adaptive", help="step schemes, comma-separated")
     b.add_argument("--dataset", default=None, help="load study: mnist (default) or fashion-mnist")
     b.add_argument("--epochs", type=int, default=None)
     b.add_argument("--lr", type=float, default=None)
-    b.add_argument("--weight-decay", type=float, default=None, help="lambda")
+    b.add_argument("--weight-decay", default=None, help="lambda (directions study: comma-separated values)")
     b.add_argument("--n-train", type=int, default=None)
+    b.add_argument("--depth", type=int, default=None, help="residual steps L (default 20)")
     b.add_argument("--adapt-every", type=int, default=None)
-    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--seed", default="1", help="seed (directions study: comma-separated seeds)")
+    b.add_argument("--encoder", default="relu", choices=("relu", "linear"), help="directions study: teacher encoder")
+    b.add_argument("--decoder", default="relu", choices=("relu", "linear"), help="directions study: teacher decoder")
     b.add_argument("--data", default=None, help="MNIST cache dir (default $SPRINGBLOCK_DATA or ./data)")
     return ap
 
@@ -216,15 +221,32 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}/simulated_*.png|pdf and simulated_diagrams.csv in "
                   f"{time.perf_counter() - t0:.1f} s")
         elif args.command == "bottleneck":
-            from phase_diagrams.bottleneck import SUMMARY_COLUMNS, run_bottleneck
+            from phase_diagrams.bottleneck import (
+                SUMMARY_COLUMNS,
+                TEACHER_DEFAULTS,
+                format_directions,
+                run_bottleneck,
+                run_directions,
+            )
 
             over = {k: v for k, v in (("dataset", args.dataset), ("epochs", args.epochs), ("lr", args.lr),
-                                      ("weight_decay", args.weight_decay), ("n_train", args.n_train),
-                                      ("adapt_every", args.adapt_every)) if v is not None}
-            df = run_bottleneck(args.out, args.study, ltildes=[float(v) for v in args.ltilde.split(",")],
-                                schemes=[v.strip() for v in args.schemes.split(",")], seed=args.seed,
-                                cache_dir=args.data, **over)
-            _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
+                                      ("n_train", args.n_train), ("adapt_every", args.adapt_every),
+                                      ("depth", args.depth)) if v is not None}
+            ltildes = [float(v) for v in args.ltilde.split(",")]
+            if args.study == "directions":
+                wds = [float(v) for v in (args.weight_decay or str(TEACHER_DEFAULTS["weight_decay"])).split(",")]
+                df = run_directions(args.out, ltildes=ltildes, weight_decays=wds,
+                                    seeds=[int(v) for v in args.seed.split(",")], encoder=args.encoder,
+                                    decoder=args.decoder, scheme=args.schemes.split(",")[0].strip(),
+                                    cache_dir=args.data, **over)
+                print(format_directions(df))
+            else:
+                if args.weight_decay is not None:
+                    over["weight_decay"] = float(args.weight_decay)
+                df = run_bottleneck(args.out, args.study, ltildes=ltildes,
+                                    schemes=[v.strip() for v in args.schemes.split(",")], seed=int(args.seed),
+                                    cache_dir=args.data, **over)
+                _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
             print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
     except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -189,3 +189,34 @@ def test_bad_input_gets_clear_errors():
         bn.kinetic_energy(np.ones((3, 2)), np.ones((3, 2)), 0.1, 0.0)
     with pytest.raises(ValueError, match="L \\+ 1 = 3"):
         bn.layer_measures([np.ones((3, 2))] * 2, [0.5, 0.5], 1.0)
+
+
+def test_direction_r2_separates_affine_and_quadratic_directions():
+    # z on a symmetric grid (every sign pattern of (z1, z2) present), so z1², z1 z2 are exactly
+    # orthogonal to z1, z2 and the constant. A = offset + [3 z1, 2 z2, q] rotated into R^8, with
+    # q = z1² − mean (smaller spread): the centred directions are z1, z2, q in that order, R² on
+    # [z, 1] is exactly (1, 1, 0); on [z, z1²] it is (1, 1, 1).
+    g = np.linspace(0.2, 1.0, 5)
+    z1, z2 = (v.ravel() for v in np.meshgrid(np.concatenate([-g, g]), np.concatenate([-g, g])))
+    z = np.stack([z1, z2], 1)
+    q = z1**2 - np.mean(z1**2)
+    rot = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0][:3]
+    a = 5.0 + np.stack([3 * z1, 2 * z2, q], 1) @ rot
+    r = bn.direction_r2(a, z, n_directions=4)
+    assert np.allclose(r["r2"][:3], [1.0, 1.0, 0.0], atol=1e-10)
+    assert r["sv_centered"][3] < 1e-10 * r["sv_centered"][0]
+    # share of the centred variance that is affine in z: (9 Σz1² + 4 Σz2²) / (… + Σq²)
+    var = np.array([9 * np.sum(z1**2), 4 * np.sum(z2**2), np.sum(q**2)])
+    assert r["r2_total"] == pytest.approx(var[:2].sum() / var.sum(), rel=1e-10)
+    full = bn.direction_r2(a, np.stack([z1, z2, z1**2], 1), n_directions=3)
+    assert np.allclose(full["r2"], 1.0, atol=1e-10) and full["r2_total"] == pytest.approx(1.0, abs=1e-10)
+    # held-out points from the same map: the training fit transfers exactly (R²_test = R²)
+    zt = np.random.default_rng(1).uniform(-1, 1, (50, 2))
+    at = 5.0 + np.stack([3 * zt[:, 0], 2 * zt[:, 1], zt[:, 0] ** 2 - np.mean(z1**2)], 1) @ rot
+    ft = bn.direction_r2(a, np.stack([z1, z2, z1**2], 1), a_test=at,
+                         regressors_test=np.hstack([zt, zt[:, :1] ** 2]), n_directions=3)
+    assert np.allclose(ft["r2_test"], 1.0, atol=1e-10) and ft["r2_total_test"] == pytest.approx(1.0, abs=1e-10)
+    with pytest.raises(ValueError, match="rows"):
+        bn.direction_r2(a, z[:-1])
+    with pytest.raises(ValueError, match="neither"):
+        bn.direction_r2(a, z, a_test=at)

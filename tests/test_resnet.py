@@ -150,6 +150,30 @@ def test_teacher_data_has_a_rank_three_bottleneck_and_is_seeded():
     assert ds.task == "regression" and ds.n_classes == 30 and ds.y_train.dtype == np.float32
 
 
+def test_teacher_variants_remove_one_relu_and_keep_the_other_half():
+    d = teacher_data(300, 50, seed=2)
+    # the default variant is the ReLU/ReLU teacher
+    assert all(np.array_equal(d[k], teacher_data(300, 50, seed=2, encoder="relu", decoder="relu")[k]) for k in d)
+    lin_dec = teacher_data(300, 50, seed=2, decoder="linear")
+    lin_enc = teacher_data(300, 50, seed=2, encoder="linear")
+    x = d["x_train"].astype(np.float64)
+    # same inputs and encoder: z unchanged; y is now an exact affine (rank-3) function of z
+    assert np.array_equal(lin_dec["x_train"], d["x_train"]) and np.array_equal(lin_dec["z_train"], d["z_train"])
+    design = np.hstack([lin_dec["z_train"].astype(np.float64), np.ones((300, 1))])
+    y = lin_dec["y_train"].astype(np.float64)
+    res = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    assert np.sum(res**2) < 1e-8 * np.sum(y**2)
+    # linear encoder: z = V_2 V_1 x exactly linear in x (no constant); the ReLU decoder stays
+    z = lin_enc["z_train"].astype(np.float64)
+    assert np.sum((z - x @ np.linalg.lstsq(x, z, rcond=None)[0]) ** 2) < 1e-8 * np.sum(z**2)
+    assert not np.allclose(z, d["z_train"])
+    g, h = teacher_function(seed=2, encoder="linear")
+    _, h_relu = teacher_function(seed=2)
+    assert np.array_equal(h(z[:5]), h_relu(z[:5]))
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        teacher_data(10, 10, encoder="tanh")
+
+
 def test_config_validation_and_stable_hashes():
     base = dict(model="leaky_resnet", depth=10)
     for kw, field in ((dict(alpha=0.2), "alpha"), (dict(dropout=0.1), "dropout"), (dict(ltilde=25.0), "ltilde"),
