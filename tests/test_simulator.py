@@ -119,6 +119,12 @@ def test_noise_below_the_floor_counts_as_zero_in_kernels_and_reference():
             z = standard_normals(res.seeds[c], ref.n_normals(p))
             tr = ref.first_order(p, z, record_every=1)[1] if p.order == 1 else ref.second_order(p, z, record_every=1)[2]
             assert np.array_equal(res.traj[c], tr)
+    # A constant amplitude below the floor, on a chain at rest with no force: every position must stay
+    # exactly 0 (unflushed, the folded scaling would add subnormal noise).
+    p3 = ChainParams(n_steps=50, eps=2.0**-921, y=0.0, mu_forward=0.0, mu_backward=0.0)
+    assert ref._eps_t(p3, 0) == 0.0
+    res = simulate(p3, n_chains=16, seed=6, record_every=1)
+    assert np.count_nonzero(res.traj) == 0 and np.count_nonzero(res.x) == 0
 
 
 @pytest.mark.parametrize("eps", [1e251, np.inf, -1e-3])
