@@ -71,6 +71,7 @@ __all__ = [
     "TEACHER_DIMS",
     "resize_images",
     "training_subset",
+    "SUBSETS",
     "load_dataset",
 ]
 
@@ -554,16 +555,36 @@ def resize_images(x, size, *, chunk: int = 8192) -> np.ndarray:
     return out
 
 
-def training_subset(n_total: int, n: int | None, seed: int = 0) -> np.ndarray:
-    """Indices of the fixed training subset: the sorted first ``n`` of a permutation of
-    ``range(n_total)`` drawn with ``np.random.default_rng(seed)``. ``n=None`` keeps all.
+#: How the fixed training subset is drawn (:func:`training_subset`).
+SUBSETS = ("original", "numpy")
 
-    The same ``(n_total, n, seed)`` gives the same subset in every run and process.
+
+def training_subset(n_total: int, n: int | None, seed: int = 0, method: str = "original") -> np.ndarray:
+    """Indices of the fixed training subset of ``n`` out of ``n_total`` training samples.
+
+    ``method="original"`` (the default, SPEC §3.3): the first ``n`` entries of
+    ``torch.randperm(n_total, generator=torch.Generator().manual_seed(1))``, in that order —
+    exactly what the original code's ``random_split(train, [n, n_total - n],
+    generator=torch.Generator().manual_seed(1))`` selects; ``seed`` is not used.
+    ``method="numpy"``: the sorted first ``n`` of ``np.random.default_rng(seed).permutation(n_total)``
+    (this package's subset before the original one was adopted; selectable for old stores).
+    ``n=None`` or ``n == n_total`` keeps every sample in order.
+
+    The same arguments give the same subset in every run and process.
     """
+    if method not in SUBSETS:
+        raise ValueError(f"subset method {method!r}: choose one of {', '.join(SUBSETS)}")
     if n is None:
         return np.arange(n_total)
     if not (1 <= int(n) <= n_total):
         raise ValueError(f"training subset size must be in [1, {n_total}], got {n!r}")
+    if int(n) == n_total:
+        return np.arange(n_total)
+    if method == "original":
+        import torch
+
+        perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(1))
+        return perm[: int(n)].numpy().astype(np.int64)
     return np.sort(np.random.default_rng(seed).permutation(n_total)[: int(n)])
 
 
@@ -671,7 +692,7 @@ def _teacher_dataset(src: dict) -> Dataset:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed) -> Dataset:
+def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed, subset="original") -> Dataset:
     src = _source_arrays(name, root, cache_dir, n_train, subset_seed, image_size)
     if name == "teacher":
         return _teacher_dataset(src)
@@ -679,7 +700,7 @@ def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed
     x_all = src["x_train"]
     if len(x_all) != len(y_all):
         raise ValueError(f"{name}: {len(x_all)} training inputs but {len(y_all)} labels")
-    idx = training_subset(len(y_all), n_train, subset_seed)
+    idx = training_subset(len(y_all), n_train, subset_seed, subset)
     x_train = _as_images(_to_float(np.asarray(x_all[idx])), name)
     y_train = y_all[idx]
     if "x_test" in src and "y_test" in src:
@@ -704,7 +725,7 @@ def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed
 
 
 def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: int | None = 10,
-                 n_train: int | None = 2560, subset_seed: int = 0) -> Dataset:
+                 n_train: int | None = 2560, subset_seed: int = 0, subset: str = "original") -> Dataset:
     """Load a data set as a :class:`Dataset` (cached per process).
 
     Parameters
@@ -722,7 +743,10 @@ def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: 
         Size of the fixed training subset (:func:`training_subset`); None uses all. For
         ``teacher``: the number of training points (default 2560; the test set has 2000).
     subset_seed : int
-        Seed of the subset (and of the Gaussian mixture and the teacher network).
+        Seed of the ``"numpy"`` subset, of the Gaussian mixture and of the teacher network.
+    subset : {"original", "numpy"}
+        How the training subset is drawn (:func:`training_subset`); ``"original"`` is the
+        original code's ``random_split`` with generator seed 1.
 
     Raises
     ------
@@ -734,6 +758,8 @@ def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: 
         key, root = "npz", name
     if key not in _ALIASES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS} or a .npz path")
+    if subset not in SUBSETS:
+        raise ValueError(f"subset {subset!r}: choose one of {', '.join(SUBSETS)}")
     if image_size is not None and int(image_size) < 0:
         raise ValueError(f"image_size must be >= 1 or None, got {image_size!r}")
     return _load_dataset_cached(
@@ -743,4 +769,5 @@ def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: 
         int(image_size) if image_size else None,
         None if n_train is None else int(n_train),
         int(subset_seed),
+        str(subset),
     )

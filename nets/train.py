@@ -73,7 +73,7 @@ import torch.nn.functional as F
 
 from nets import probes
 from nets.bottleneck import bottleneck_summary, layer_measures, per_depth_loads
-from nets.data import _ALIASES, DATASETS, Dataset, load_dataset
+from nets.data import _ALIASES, DATASETS, SUBSETS, Dataset, load_dataset
 from nets.models import build_ensemble, build_model
 from nets.resnet import STEP_SCHEMES, EnsembleLeakyResNet, LeakyResNet, adaptive_steps, relative_speeds, step_sizes
 
@@ -115,7 +115,8 @@ class TrainConfig:
     data_root: str | None = None    # source dir (fashion-mnist, cifar10) or the .npz file
     image_size: int | None = 10     # resize to image_size x image_size (antialiased); None: native
     n_train: int | None = 2560      # fixed training subset size (None: all)
-    subset_seed: int = 0            # seed of the fixed subset (same for every run)
+    subset_seed: int = 0            # seed of the "numpy" subset, the Gaussian mixture and the teacher
+    subset: str = "original"        # original (random_split, generator seed 1) | numpy (nets.data.training_subset)
     # --- model
     model: str = "mlp"              # mlp | cnn | leaky_resnet
     depth: int = 7                  # hidden blocks L_h (leaky_resnet: residual steps L)
@@ -193,7 +194,8 @@ class TrainConfig:
                               ("loss", ("ce", "mse")), ("probe_on", ("train", "test")),
                               ("probe_features", ("post", "pre")),
                               ("probe_mode", ("eval", "batch")),
-                              ("dtype", ("float32", "float64")), ("step_scheme", STEP_SCHEMES)):
+                              ("dtype", ("float32", "float64")), ("step_scheme", STEP_SCHEMES),
+                              ("subset", SUBSETS)):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}")
         if not isinstance(self.batch_norm, bool):
@@ -687,7 +689,8 @@ def _load(cfg: TrainConfig, dataset: Dataset | None, cache_dir) -> Dataset:
     if dataset is not None:
         return dataset
     return load_dataset(cfg.dataset, root=cfg.data_root, cache_dir=cache_dir,
-                        image_size=cfg.image_size, n_train=cfg.n_train, subset_seed=cfg.subset_seed)
+                        image_size=cfg.image_size, n_train=cfg.n_train, subset_seed=cfg.subset_seed,
+                        subset=cfg.subset)
 
 
 def _tensors(ds: Dataset, cfg: TrainConfig, dev, dtype):

@@ -140,6 +140,25 @@ def _config_defaults() -> dict:
 
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
+
+#: Config fields added with a default that differs from what earlier versions did: a stored
+#: config or spec without the field was run the old way. (Before ``subset`` existed every run
+#: used the NumPy subset; the default is now the original code's subset.)
+LEGACY_DEFAULTS = {"subset": "numpy"}
+
+
+def _stored_spec(text: str):
+    """A spec stored as TOML, validated, with :data:`LEGACY_DEFAULTS` for fields it lacks."""
+    import tomllib
+
+    from phase_diagrams.spec import spec_from_dict
+
+    d = tomllib.loads(text)
+    train = d.setdefault("train", {})
+    for name, value in LEGACY_DEFAULTS.items():
+        train.setdefault(name, value)
+    return spec_from_dict(d)
+
 _SUMMARY = ("test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",
             "wall_time", "ensemble_size")
 
@@ -239,16 +258,19 @@ class Store:
         fields added since, which take their defaults) equals the same spec today, and its text
         is updated to today's layout.
         """
-        import tomllib
-
-        from phase_diagrams.spec import spec_from_dict, spec_to_toml
+        from phase_diagrams.spec import spec_to_toml
 
         text = spec_to_toml(spec)
         with self._tx() as con:
             row = con.execute("SELECT spec_toml FROM sweeps WHERE name = ?", (spec.name,)).fetchone()
             if row is not None and row[0] != text:
-                if spec_from_dict(tomllib.loads(row[0])) != spec:
-                    raise ValueError(f"store {self.path} already has a different sweep named {spec.name!r}; "
+                old = _stored_spec(row[0])
+                if old != spec:
+                    hint = ""
+                    if old.train.subset != spec.train.subset:
+                        hint = (f" (it was trained on the {old.train.subset!r} training subset, this spec uses "
+                                f"{spec.train.subset!r}: set train.subset = {old.train.subset!r} to resume it)")
+                    raise ValueError(f"store {self.path} already has a different sweep named {spec.name!r}{hint}; "
                                      "rename the sweep (spec 'name') or use another store")
                 con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = ?", (text, spec.name))
             if row is None:
@@ -264,15 +286,11 @@ class Store:
 
     def sweep_spec(self, name: str):
         """The :class:`~phase_diagrams.spec.GridSpec` registered under ``name``."""
-        import tomllib
-
-        from phase_diagrams.spec import spec_from_dict
-
         rows = self._query("SELECT spec_toml FROM sweeps WHERE name = ?", (name,))
         if not rows:
             known = ", ".join(self.sweeps()) or "none"
             raise KeyError(f"no sweep {name!r} in {self.path} (sweeps: {known})")
-        return spec_from_dict(tomllib.loads(rows[0][0]))
+        return _stored_spec(rows[0][0])
 
     def finished_keys(self, keys=None, statuses=("done", "diverged")) -> set[str]:
         """Keys among ``keys`` (all if None) with a result of one of ``statuses``."""
@@ -393,9 +411,10 @@ class Store:
         df["col_value"] = df["col_value"].map(json.loads)
         configs = df["config"].map(json.loads)
         # union over rows: configs omit optional fields at their defaults (TrainConfig.to_dict)
-        for name in dict.fromkeys(k for c in configs for k in c):
+        for name in dict.fromkeys([k for c in configs for k in c] + list(LEGACY_DEFAULTS)):
             col = name if name not in df.columns else f"cfg_{name}"
-            df[col] = configs.map(lambda c, n=name: c.get(n, _config_defaults().get(n)))
+            default = LEGACY_DEFAULTS.get(name, _config_defaults().get(name))
+            df[col] = configs.map(lambda c, n=name, d=default: c.get(n, d))
         if with_arrays:
             results = df["result"].map(lambda s: json.loads(s) if s else {})
             for name in ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve",

@@ -42,7 +42,15 @@ def test_mnist_dataset_protocol():
     assert ds.x_train.shape == (2560, 1, 10, 10) and ds.x_test.shape == (10000, 1, 10, 10)
     assert ds.n_classes == 10 and ds.x_train.dtype == np.float32
     assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
-    assert np.array_equal(ds.train_indices, data.training_subset(60000, 2560, 0))
+    # the original code's subset: random_split(train, [2560, 57440], generator=manual_seed(1))
+    original = torch.utils.data.random_split(range(60000), [2560, 57440],
+                                             generator=torch.Generator().manual_seed(1))[0].indices
+    assert np.array_equal(ds.train_indices, np.asarray(original))
+    assert np.array_equal(ds.train_indices, torch.randperm(60000, generator=torch.Generator().manual_seed(1))[:2560])
+    legacy = data.load_dataset("mnist", subset="numpy")
+    assert np.array_equal(legacy.train_indices, data.training_subset(60000, 2560, 0, "numpy"))
+    # the two subsets are different draws: ~2560^2/60000 = 109 images in common by chance
+    assert 60 < np.intersect1d(ds.train_indices, legacy.train_indices).size < 170
     raw = data.load_mnist()
     assert np.array_equal(ds.y_train, raw["y_train"][ds.train_indices])
     # antialiased resize preserves the mean intensity of each image (area-weighted average)
@@ -196,12 +204,18 @@ def test_resize_images():
 
 
 def test_training_subset():
-    a = data.training_subset(1000, 100, seed=0)
-    assert np.array_equal(a, data.training_subset(1000, 100, seed=0))
+    a = data.training_subset(1000, 100, seed=0, method="numpy")
+    assert np.array_equal(a, data.training_subset(1000, 100, seed=0, method="numpy"))
     assert len(np.unique(a)) == 100 and np.all(np.diff(a) > 0)
-    assert not np.array_equal(a, data.training_subset(1000, 100, seed=1))
+    assert not np.array_equal(a, data.training_subset(1000, 100, seed=1, method="numpy"))
+    # the original subset ignores the seed and keeps torch.randperm's order
+    o = data.training_subset(1000, 100, seed=5)
+    assert np.array_equal(o, torch.randperm(1000, generator=torch.Generator().manual_seed(1))[:100].numpy())
+    assert np.array_equal(data.training_subset(1000, 1000), np.arange(1000))  # all samples: in order
     with pytest.raises(ValueError, match="2000"):
         data.training_subset(1000, 2000)
+    with pytest.raises(ValueError, match="'bogus'"):
+        data.training_subset(1000, 10, method="bogus")
 
 
 def test_unknown_dataset_named():
