@@ -3,8 +3,9 @@
 Commands (each calls one documented Python function)
 ----------------------------------------------------
 ``run [SPEC] [--store S] [--out DIR] [--backend B] [--workers N]``
-    The main job (:func:`phase_diagrams.jobs.run_main`): sweep, simulated counterpart, every
-    figure, comparison. Default spec ``label-noise-small``, store ``out/runs.sqlite``.
+    The main job (:func:`phase_diagrams.jobs.run_main`): sweep, simulated counterpart, the
+    calibrated chain (``--no-calibrate`` to skip), every figure, comparison. Default spec
+    ``label-noise-small``, store ``out/runs.sqlite``.
 ``sweep SPEC --store S [--backend serial|joblib|dask] [--workers N] [--scheduler ADDR]``
     Run or resume a sweep (:func:`phase_diagrams.jobs.sweep_and_simulate`). ``SPEC`` is a TOML
     file or a preset name.
@@ -20,6 +21,11 @@ Commands (each calls one documented Python function)
 ``fit --store S [--sweep NAME] [--target final|trajectory] [--cell R,C ...] [--workers N]``
     Fit spring-block parameters to every cell, write them to the store and draw them
     (:func:`phase_diagrams.jobs.fit_job`).
+``calibrate --store S [--sweep NAME] [--transfer-from OTHER] [--out DIR] [--no-scores]``
+    One chain–network map for the whole diagram (:func:`phase_diagrams.jobs.calibrate_job`):
+    prints the knobs with intervals and the held-out scores next to the seed ceiling, stores the
+    calibrated chain as the simulated preset ``calibrated``, writes measured | calibrated and the
+    map's curves with bands.
 ``spec PRESET [--out FILE]``
     Print a preset as TOML, to copy and edit (:func:`phase_diagrams.spec.spec_to_toml`).
 ``simulate [--preset P|all] [--out DIR] ...``
@@ -64,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec", nargs="?", default="label-noise-small",
                    help="TOML file or preset (default label-noise-small)")
     r.add_argument("--out", default="figures", help="figure directory (default figures/)")
+    r.add_argument("--no-calibrate", action="store_true", help="skip the calibrated chain (presets only)")
     sweep_opts(r)
 
     s = sub.add_parser("sweep", help="run or resume a sweep")
@@ -101,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--chains", type=int, default=256, help="chains of the reported fit (default 256)")
     f.add_argument("--workers", type=int, default=None, help="cells fitted in parallel (default: all cores)")
     f.add_argument("--no-progress", action="store_true")
+
+    ca = sub.add_parser("calibrate", help="one chain-network map for the whole diagram, judged on held-out data")
+    ca.add_argument("--store", default="out/runs.sqlite")
+    ca.add_argument("--sweep", default=None)
+    ca.add_argument("--transfer-from", default=None, metavar="SWEEP",
+                    help="keep this sweep's friction map, fit only the noise map")
+    ca.add_argument("--out", default="figures", help="figure directory (default figures/)")
+    ca.add_argument("--no-scores", action="store_true", help="skip the held-out refits (in-sample only)")
+    ca.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates of the intervals (default 30)")
 
     sp = sub.add_parser("spec", help="print a preset as TOML")
     sp.add_argument("preset")
@@ -149,7 +165,7 @@ def _print_summary(summary) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate", "fit",
-                                                                         "bottleneck")), 2)
+                                                                         "bottleneck", "calibrate")), 2)
     logging.basicConfig(level=level, format="%(message)s")
     from phase_diagrams import jobs
     from phase_diagrams.spec import SpecError
@@ -157,10 +173,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if args.command == "run":
-            res = jobs.run_main(args.spec, args.store, args.out, simulate=not args.no_simulate, **_sweep_kw(args))
+            res = jobs.run_main(args.spec, args.store, args.out, simulate=not args.no_simulate,
+                                calibrate=not args.no_calibrate, **_sweep_kw(args))
             print(res["report"].line())
             if res["summary"] is not None:
                 _print_summary(res["summary"])
+            if res["scores"] is not None:
+                print("\ncalibrated chain, judged on held-out data, next to the seed ceiling:")
+                _print_summary(res["scores"])
             print(f"wrote {len(res['figures'])} figure files to {args.out}/ in {time.perf_counter() - t0:.0f} s")
         elif args.command == "sweep":
             report = jobs.sweep_and_simulate(args.spec, args.store, simulate=not args.no_simulate, **_sweep_kw(args))
@@ -198,6 +218,19 @@ def main(argv=None) -> int:
             print("\ntrends over the grid (medians by alpha ascending / by noise, least noisy first):")
             _print_summary(fit_trends(fits))
             print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
+        elif args.command == "calibrate":
+            from phase_diagrams.calibrate import CalibrationOptions
+
+            opts = CalibrationOptions(**({} if args.bootstrap is None else dict(n_bootstrap=args.bootstrap)))
+            res = jobs.calibrate_job(args.store, args.sweep, args.out, transfer_from=args.transfer_from,
+                                     scores=not args.no_scores, opts=opts)
+            cal = res["calibration"]
+            print(f"calibrated map ({len(cal.fitted_knobs)} knobs fitted; 95 % bootstrap intervals; "
+                  "'identified' = interval inside the search box):")
+            _print_summary(cal.params_table())
+            print("\nagreement with the measured diagram, next to the seed ceiling (each seed vs the others' mean):")
+            _print_summary(res["scores"])
+            print(f"calibrated in {cal.wall_s:.0f} s; total {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
         elif args.command == "spec":
             from phase_diagrams.spec import preset_spec, spec_to_toml
 

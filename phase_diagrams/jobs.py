@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from phase_diagrams.compare import compare, measured_cells
@@ -24,7 +25,11 @@ from phase_diagrams.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main", "fit_job"]
+__all__ = ["sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main", "fit_job",
+           "calibrate_job", "calibrated_rows", "CALIBRATED"]
+
+#: The simulated preset under which a sweep's calibrated chain is stored.
+CALIBRATED = "calibrated"
 
 #: Columns holding arrays (lists); exported as JSON text in CSV files.
 ARRAY_COLUMNS = ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve", "probe_accuracy",
@@ -67,8 +72,9 @@ def compare_store(store, sweep: str | None = None) -> tuple[pd.DataFrame, pd.Dat
     sim = store.simulated(sweep)
     if sim.empty:
         raise KeyError(f"sweep {sweep!r} has no simulated cells in {store.path}; "
-                       "run the sweep again with simulation on")
-    return compare(measured_cells(store.runs(sweep), spec), sim, spec)
+                       "run the sweep again with simulation on, or `python -m phase_diagrams calibrate`")
+    presets = sorted(dict.fromkeys(sim["preset"]), key=lambda p: p != CALIBRATED)  # the calibrated chain first
+    return compare(measured_cells(store.runs(sweep), spec), sim, spec, presets)
 
 
 def status_table(store) -> pd.DataFrame:
@@ -143,20 +149,32 @@ def _to_list(v):
     return v
 
 
-def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures", **run_kw) -> dict:
-    """The README's main job: sweep (resumable), simulate the counterpart, write every figure and
-    the comparison table; return ``{"report", "summary", "figures"}``."""
+def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures", *, calibrate: bool = True,
+             scores: bool = True, **run_kw) -> dict:
+    """The README's main job: sweep (resumable), simulate the counterpart, calibrate the chain to the
+    measured diagram (:func:`calibrate_job`; the default comparison, next to the seed ceiling; the
+    friction presets stay as named alternatives), write every figure and the comparison table;
+    return ``{"report", "summary", "figures", "calibration", "scores"}``."""
     spec = load_spec(spec) if not isinstance(spec, GridSpec) else spec
     store = _store(store)
     report = sweep_and_simulate(spec, store, **run_kw)
     if report.ran and report.failed == report.ran:
         raise RuntimeError(f"every one of the {report.ran} tasks failed (stored as 'failed'); the first error:\n"
                            f"{report.failures[0][1]}")
+    calibration = None
+    if calibrate and spec.rows.field == "alpha" and len(spec.seeds) >= 2:
+        res = calibrate_job(store, spec.name, out_dir, scores=scores, progress=run_kw.get("progress", True))
+        calibration = res["calibration"], res["scores"]
+    elif calibrate:
+        log.warning("no calibrated chain for %s: calibration needs rows = alpha and >= 2 seeds", spec.name)
     figures = plot_all(store, spec.name, out_dir)
-    per_cell, summary = compare_store(store, spec.name) if spec.simulator.presets else (None, None)
+    per_cell, summary = (compare_store(store, spec.name) if spec.simulator.presets or calibration
+                         else (None, None))
     if per_cell is not None:
         per_cell.to_csv(Path(out_dir) / f"{spec.name}_comparison.csv", index=False)
-    return dict(report=report, summary=summary, figures=figures)
+    return dict(report=report, summary=summary, figures=figures,
+                calibration=None if calibration is None else calibration[0],
+                scores=None if calibration is None else calibration[1])
 
 
 def fit_job(store, sweep: str | None = None, out_dir="figures", *, target: str = "final", cells=None,
@@ -183,3 +201,83 @@ def fit_job(store, sweep: str | None = None, out_dir="figures", *, target: str =
           out / f"{sweep}_fit_{target}_curves", written)
     fits.drop(columns=["fitted", "measured"]).to_csv(out / f"{sweep}_fit_{target}.csv", index=False)
     return fits
+
+
+def calibrated_rows(cal, spec: GridSpec) -> list[dict]:
+    """The calibrated chain's prediction at every cell of ``spec``, as rows of the store's
+    ``simulated`` table (preset :data:`CALIBRATED`), so plots and comparisons treat it like a preset."""
+    import dataclasses as _dc
+
+    pairs = [(float(rv), cv) for _, _, rv, cv in spec.cells()]
+    pred = cal.predict(pairs)
+    rows = []
+    for (i, j, rv, cv), (_, p) in zip(spec.cells(), pred.iterrows(), strict=True):
+        c = [float(v) for v in p["curve"]]
+        rows.append(dict(
+            key=f"{spec.name}/{CALIBRATED}/{i}/{j}", sweep=spec.name, preset=CALIBRATED, row=i, col=j,
+            alpha=float(rv), col_value=cv, eps=float(p["eps"]), mu_forward=float(p["mu_forward"]),
+            mu_backward=float(p["mu_backward"]), curve=c, trajectory=[list(map(float, r)) for r in p["trajectory"]],
+            times=[float(cal.params["tau"] * e) for e in cal.data.epochs],
+            linearity=float(np.std(-np.diff(c))), curvature=float(p["curvature"]),
+            normalized_curvature=float(p["normalized_curvature"]), regime=p["regime"],
+            params=dict(map=cal.params, lam=float(p["lam"]), tau=float(p["tau"]), n_chains=cal.opts.predict_chains,
+                        options=_dc.asdict(cal.opts)),
+        ))
+    return rows
+
+
+def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfer_from: str | None = None,
+                  scores: bool = True, opts=None, progress: bool = True) -> dict:
+    """Calibrate the chain–network map of a stored sweep (:func:`phase_diagrams.calibrate.calibrate`),
+    store its predictions as the simulated preset ``calibrated``, and write
+    ``{sweep}_calibrated_side_by_side`` (measured | calibrated chain), ``{sweep}_calibration_map``
+    (μ→(α), μ←(α), ε(noise) with bootstrap bands), ``{sweep}_calibration_scores`` (held-out
+    agreement next to the seed ceiling), PNG and PDF, and ``{sweep}_calibration.csv`` (the knobs)
+    and ``{sweep}_calibration_scores.csv``.
+
+    ``transfer_from``: another sweep of the store; its calibrated friction map, lam and tau are
+    kept and only the noise map is fitted to ``sweep``. Returns ``{"calibration", "source",
+    "scores", "figures"}`` (``source``: the calibration of ``transfer_from`` or None).
+    """
+    from phase_diagrams.calibrate import CalibrationOptions, calibrate
+    from phase_diagrams.compare import measured_cells, simulated_cells
+    from phase_diagrams.plots import _save, plot_calibration_map, plot_scores, plot_side_by_side
+
+    store = _store(store)
+    sweep = _one_sweep(store, sweep)
+    opts = opts or CalibrationOptions()
+    spec = store.sweep_spec(sweep)
+    if spec.rows.field != "alpha":
+        raise ValueError(f"sweep {sweep!r} has rows {spec.rows.field!r}: calibrate needs rows = alpha")
+    source = None
+    if transfer_from is not None:
+        src_name = _one_sweep(store, transfer_from)
+        src_spec = store.sweep_spec(src_name)
+        source = calibrate(store.runs(src_name), opts=opts, noise_field=src_spec.columns.field)
+        log.info("calibrated %s (the friction map to transfer) in %.0f s", src_name, source.wall_s)
+    runs = store.runs(sweep)
+    cal = calibrate(runs, opts=opts, transfer_from=source, noise_field=spec.columns.field)
+    log.info("calibrated %s in %.0f s", sweep, cal.wall_s)
+
+    def tell(kind, n, total):
+        if progress:
+            log.warning("  scores: held-out %s %d/%d", kind, n, total)
+
+    table = cal.scores(progress=tell) if scores else cal.scores(which=())
+    store.write_simulated(calibrated_rows(cal, spec))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list = []
+    cells = measured_cells(runs, spec)
+    sc = simulated_cells(store.simulated(sweep), spec, CALIBRATED)
+    how = f"transferred from {transfer_from}" if transfer_from else "calibrated"
+    _save(plot_side_by_side(cells, sc, title=sweep, col_label=spec.columns.field, preset=how),
+          out / f"{sweep}_calibrated_side_by_side", written)
+    _save(plot_calibration_map(cal.map_curves(), f"{sweep}: calibrated map ({how}; bands: bootstrap 95 %)"),
+          out / f"{sweep}_calibration_map", written)
+    _save(plot_scores(table, f"{sweep}: calibrated chain vs the seed ceiling"), out / f"{sweep}_calibration_scores",
+          written)
+    cal.params_table().to_csv(out / f"{sweep}_calibration.csv", index=False)
+    table.to_csv(out / f"{sweep}_calibration_scores.csv", index=False)
+    written += [out / f"{sweep}_calibration.csv", out / f"{sweep}_calibration_scores.csv"]
+    return dict(calibration=cal, source=source, scores=table, figures=written)

@@ -32,6 +32,8 @@ __all__ = [
     "plot_comparison",
     "plot_fit_heatmaps",
     "plot_fitted_curves",
+    "plot_calibration_map",
+    "plot_scores",
     "plot_all",
 ]
 
@@ -74,6 +76,13 @@ def _draw_grid(fig, cells: pd.DataFrame, shade: str, cmap, norm, *, title: str, 
             val = cell.get(shade, np.nan)
             ax.set_facecolor(cmap(norm(val)) if val is not None and np.isfinite(val) else "0.97")
             if cell[curve] is not None:
+                band = cell.get("seed_curves") if curve == "curve" else None
+                if band is not None and len(band) > 1:  # the seed band: each seed's normalised curve
+                    each = normalized_curve(np.asarray(band, dtype=float))
+                    ax.fill_between(np.arange(each.shape[1]), each.min(axis=0), each.max(axis=0), color="C3",
+                                    alpha=0.25, lw=0)
+                if bool(cell.get("near_threshold", False)):  # the regime is within one seed-SD of a threshold
+                    ax.text(0.97, 0.06, "±", ha="right", va="bottom", transform=ax.transAxes, fontsize=7, color="C0")
                 y = normalized_curve(np.asarray(cell[curve], dtype=float))
                 ax.plot(np.arange(y.size), y, ".-", color="C3", lw=1.3, ms=3)
                 ax.set_ylim(-0.12, 1.12)
@@ -112,7 +121,9 @@ def _size(cells, extra_w=1.6):
 def plot_measured_grid(cells: pd.DataFrame, title: str = "measured load curves", col_label: str = "noise",
                        row_label: str = _ALPHA):
     """The original figure: normalised mean load curve per cell over grey shaded by test accuracy
-    (darker = more accurate). ``cells``: :func:`~phase_diagrams.compare.measured_cells`."""
+    (darker = more accurate), with the band of the seeds' normalised curves (min–max over seeds)
+    and a "±" where the cell's mean c/Σd lies within one seed-SD of a regime threshold.
+    ``cells``: :func:`~phase_diagrams.compare.measured_cells`."""
     fig = plt.figure(figsize=_size(cells))
     _draw_grid(fig, cells, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(cells), title=title,
                col_label=col_label, bar_label="test accuracy", row_label=row_label)
@@ -228,7 +239,11 @@ def plot_comparison(per_cell: pd.DataFrame, summary: pd.DataFrame, title: str = 
         ax.axvline(0, color="0.7", lw=0.8)
         ax.set_xlabel("simulated c / Σd")
         ax.set_ylabel("measured c / Σd")
-        ax.set_title(f"{s['preset']}: agree {s['regime_agreement']:.0%}, ρ = {s['spearman_nc']:+.2f}", fontsize=9)
+        ceil = s.get("ceiling_agreement", np.nan)
+        ceil_txt = (f"\n(seed ceiling {ceil:.0%}, ρ = {s.get('ceiling_spearman_nc', np.nan):+.2f})"
+                    if np.isfinite(ceil) else "")
+        ax.set_title(f"{s['preset']}: agree {s['regime_agreement']:.0%}, ρ = {s['spearman_nc']:+.2f}{ceil_txt}",
+                     fontsize=9)
         ax.legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -378,4 +393,47 @@ def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "no
              ha="center", fontsize=8)
     fig.text(0.005, 0.5, "alpha", va="center", rotation=90, fontsize=8)
     fig.text(0.5, 0.94, title or "measured vs fitted", ha="center", fontsize=9)
+    return fig
+
+
+def plot_calibration_map(curves: dict, title: str = ""):
+    """The calibrated map with its bootstrap bands: mu->(alpha) and mu<-(alpha) left, eps over the
+    noise coordinate right (the panel's columns marked). ``curves``:
+    :meth:`~phase_diagrams.calibrate.Calibration.map_curves`."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.3), layout="constrained")
+    for name, color, label in (("mu_forward", "C0", "μ→ (forward)"), ("mu_backward", "C3", "μ← (backward)")):
+        lo, mid, hi = curves[name]
+        a1.fill_between(curves["alpha"], lo, hi, color=color, alpha=0.25, lw=0)
+        a1.plot(curves["alpha"], mid, color=color, label=label)
+    a1.set_xlabel("alpha (LeakyReLU slope; 0 = ReLU)")
+    a1.set_ylabel("friction / k")
+    a1.legend(fontsize=7)
+    lo, mid, hi = curves["eps"]
+    a2.fill_between(curves["u"], lo, hi, color="C2", alpha=0.25, lw=0)
+    a2.plot(curves["u"], mid, color="C2", label="ε")
+    a2.set_yscale("log")
+    ticks = sorted(set(zip(np.round(curves["cell_u"], 6), [_fmt(v) for v in curves["cell_values"]], strict=True)))
+    a2.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks], fontsize=7)
+    a2.set_xlabel(f"{curves.get('noise_field') or 'noise'} (least → most noisy)")
+    a2.set_ylabel("ε / k")
+    a2.legend(fontsize=7)
+    fig.suptitle(title or "calibrated map (bands: bootstrap 95 %)", fontsize=10)
+    return fig
+
+
+def plot_scores(scores: pd.DataFrame, title: str = ""):
+    """Held-out regime agreement and Spearman of c/Σd per kind of hold-out, each next to the seed
+    ceiling on the same cells. ``scores``: :meth:`~phase_diagrams.calibrate.Calibration.scores`."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), layout="constrained")
+    x = np.arange(len(scores))
+    for ax, (val, ceil, lab) in zip(axes, (("regime_agreement", "ceiling_agreement", "regime agreement"),
+                                          ("spearman_nc", "ceiling_spearman_nc", "Spearman of c / Σd")), strict=True):
+        ax.bar(x - 0.18, scores[val], width=0.36, color="C0", label="calibrated chain")
+        ax.bar(x + 0.18, scores[ceil], width=0.36, color="0.6", label="seed ceiling")
+        ax.set_xticks(x, scores["kind"], fontsize=7, rotation=15)
+        ax.set_ylim(min(0.0, float(np.nanmin(scores[val]))), 1.0)
+        ax.set_ylabel(lab)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -39,7 +39,7 @@ label-noise        label + input noise p in {0, 0.1, ..., 0.7}                  
 learning-rate      Adam lr in {1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.5}     200
 dropout            p in {0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3}                      100
 batch-size         B in {5, 10, 20, 40, 80, 160, 640, 2560}                      100
-label-noise-small  p in {0, 0.2, 0.4, 0.6} (the README's main job)               100
+label-noise-small  p in {0, 0.2, 0.4, 0.6}, seeds 1-3 (the README's main job)    100
 smoke              2 x 2 cells, Gaussian mixture, 256 points, batch 32 (tests)   4
 leaky-resnet       rows L~ in {1, 2, 4, 8, 16} (not alpha), label noise          100
                    {0, 0.2, 0.4, 0.6}; leaky ResNet L = 20, w = 100, lambda = 1e-3
@@ -233,7 +233,7 @@ PRESETS: dict[str, dict] = {
     "dropout": _panel("dropout", "dropout", [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]),
     "batch-size": dict(_panel("batch-size", "batch_size", [5, 10, 20, 40, 80, 160, 640, 2560]),
                        simulator=dict(eps_map="rank")),
-    "label-noise-small": _panel("label-noise-small", "label_noise", [0.0, 0.2, 0.4, 0.6]),
+    "label-noise-small": dict(_panel("label-noise-small", "label_noise", [0.0, 0.2, 0.4, 0.6]), seeds=[1, 2, 3]),
     "leaky-resnet": dict(
         name="leaky-resnet",
         seeds=[1],

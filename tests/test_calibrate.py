@@ -1,0 +1,189 @@
+"""Calibrating one chain–network map to a whole diagram (SPEC §5.1b): the family contains the presets,
+the emulator equals the simulator at its nodes, a known map is recovered from chain curves with seed
+noise, transfer refits only the noise map, and bad input gets a clear error."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phase_diagrams import calibrate as C
+from phase_diagrams.compare import seed_ceiling
+from phase_diagrams.simulated import PRESETS, friction_for
+from springblock import ChainParams, simulate
+from springblock.observables import regime
+
+# a small emulator: 13^3 x 2 points of 32 chains up to t = 60 (a few seconds to build)
+SMALL = C.CalibrationOptions(mu_range=(2e-3, 1.5), eps_range=(2e-3, 1.2), grid=13, lams=(0.0, 0.04), t_max=60.0,
+                             n_times=24, n_chains=32, groups=4, popsize=8, maxiter=40, polish_fev=300,
+                             polish_sims=60, predict_chains=512, cache_dir=None)
+ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+NOISES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+EPOCHS = np.arange(0, 31, 5, dtype=float)
+# a map inside the search box (a knob on its bound, e.g. lam = 0, gets a one-sided problem that Wald
+# intervals do not cover: see docs/calibration.md)
+TRUTH = dict(f0=0.15, rf=0.1, pf=1.0, b0=0.3, rb=0.6, pb=1.5, e0=0.02, e1=0.3, h=1.0, lam=0.01, tau=1.5)
+#: seed noise of one run's log D in units of the curve's range, as measured on the label-noise panel
+#: (SD over seeds of the final curves ≈ 0.045 for a range of ≈ 2): 0.06 for the range 3 used here
+SEED_NOISE = 0.06
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    opts = C.CalibrationOptions(**{**SMALL.__dict__, "cache_dir": str(tmp_path_factory.mktemp("emu"))})
+    return C.Emulator.build(7, opts)
+
+
+def _runs(params, seeds=(1, 2, 3), noise_sd=SEED_NOISE, alphas=ALPHAS, noises=NOISES, n_blocks=7, chain_seed=99):
+    """Synthetic runs of a known map: the chain's y − x (fresh chain noise, 512 chains) put through
+    log D = 2 + 3 (y − x), plus independent Gaussian seed noise on every layer and probe."""
+    u = C.noise_coordinate("label_noise", noises)
+    grid = np.empty((len(alphas), len(noises)), dtype=object)
+    for i, a in enumerate(alphas):
+        mf, mb = C.friction_map(params, a)
+        for j in range(len(noises)):
+            grid[i, j] = ChainParams(n_blocks=n_blocks, mu_forward=float(mf), mu_backward=float(mb),
+                                     eps=float(C.noise_map(params, u[j])), lam=params["lam"],
+                                     n_steps=int(round(params["tau"] * EPOCHS[-1] / 0.01)))
+    every = int(round(params["tau"] * (EPOCHS[1] - EPOCHS[0]) / 0.01))
+    res = simulate(grid, n_chains=512, seed=chain_seed, record_every=every)
+    traj = np.asarray(res.trajectory_curve())  # (A, N, probes, L+1)
+    rng = np.random.default_rng(5)
+    rows = []
+    for s in seeds:
+        for i, a in enumerate(alphas):
+            for j, p in enumerate(noises):
+                t = 2.0 + 3.0 * traj[i, j] + rng.normal(0, noise_sd, traj[i, j].shape)
+                rows.append(dict(row=i, col=j, row_value=a, col_value=p, alpha=a, label_noise=p, seed=s,
+                                 status="done", curve=t[-1].tolist(), trajectory=t.tolist(),
+                                 probe_epochs=EPOCHS.tolist(), truth_curve=traj[i, j, -1]))
+    return pd.DataFrame(rows)
+
+
+def test_the_family_contains_the_three_friction_presets():
+    presets = {"scale-both": dict(f0=0.1, rf=0.0, pf=1.0, b0=0.2, rb=0.0, pb=1.0),
+               "vary-forward": dict(f0=0.1, rf=0.0, pf=1.0, b0=0.1, rb=1.0, pb=1.0),
+               "vary-asymmetry": dict(f0=0.1, rf=1.0, pf=1.0, b0=0.1, rb=2.0, pb=1.0)}
+    assert set(presets) == set(PRESETS)
+    for name, knobs in presets.items():
+        for a in np.linspace(0, 1, 11):
+            assert C.friction_map(knobs, a) == pytest.approx(friction_for(name, a, 0.1, 2.0), abs=1e-15)
+    # the rank noise map: geometric from e0 to e1 over equally spaced columns (h = 1)
+    u = C.noise_coordinate("label_noise", [0.0, 0.2, 0.4, 0.6])
+    assert C.noise_map(dict(e0=0.01, e1=0.3, h=1.0), u) == pytest.approx(np.geomspace(0.01, 0.3, 4), rel=1e-12)
+
+
+def test_noise_coordinate_orders_every_axis_from_least_to_most_noisy():
+    assert C.noise_coordinate("label_noise", [0.0, 0.35, 0.7]) == pytest.approx([0, 0.5, 1])
+    assert C.noise_coordinate("lr", [1e-4, 1e-3, 1e-2]) == pytest.approx([0, 0.5, 1])  # logarithmic
+    # a smaller batch is more noise; None (a full batch) is the largest batch
+    assert C.noise_coordinate("batch_size", [10, 100, 1000, None]) == pytest.approx([1, 0.5, 0, 0])
+    with pytest.raises(ValueError, match="lr values must be > 0"):
+        C.noise_coordinate("lr", [0.0, 0.1])
+
+
+def test_the_emulator_equals_the_simulator_at_its_nodes(emulator):
+    opts = emulator.opts
+    mus, epss = np.geomspace(*opts.mu_range, opts.grid), np.geomspace(*opts.eps_range, opts.grid)
+    for i, j, k, q in ((2, 5, 4, 0), (6, 3, 7, 1), (0, 8, 1, 1)):
+        p = ChainParams(n_blocks=7, mu_forward=mus[i], mu_backward=mus[j], eps=epss[k], lam=opts.lams[q],
+                        n_steps=int(round(opts.t_max / opts.eta)))
+        res = simulate(p, n_chains=opts.n_chains, seed=opts.seed, record_every=1)
+        direct = np.asarray(res.trajectory_curve())  # every step
+        t = emulator.times[[0, 5, 12, -1]]
+        got = emulator.curves(np.array([mus[i]]), np.array([mus[j]]), np.array([epss[k]]), np.array([opts.lams[q]]),
+                              t[None, :])[0]
+        want = direct[np.round(t / opts.eta).astype(int)]
+        assert got == pytest.approx(want, abs=2e-6)  # float32 table
+
+
+def test_a_known_map_is_recovered_from_chain_curves_with_seed_noise(emulator):
+    runs = _runs(TRUTH)
+    cal = C.calibrate(runs, opts=emulator.opts, emulator=emulator)
+    # predicted regimes (fresh chain noise) against the truth's own regimes
+    truth = runs[runs["seed"] == 1]
+    pred = cal.predict(list(zip(truth["alpha"], truth["col_value"], strict=True)))
+    agree = np.mean(np.array(pred["regime"]) == regime(np.stack(truth["truth_curve"])))
+    assert agree >= 0.95
+    # the identified knobs' 95 % intervals hold the truth: with ~10 independent intervals, two or more
+    # misses have probability 1 - 0.95^10 - 10 * 0.05 * 0.95^9 = 8.6 %; the coverage rate over many
+    # maps is test_interval_coverage_over_simulated_maps (slow)
+    table = cal.params_table().set_index("knob")
+    ident = table[table["identified"]]
+    missed = [k for k, r in ident.iterrows() if not r["low"] <= TRUTH[k] <= r["high"]]
+    assert len(ident) >= 8 and len(missed) <= 1, (missed, table)
+    assert table.loc[["f0", "b0", "e1", "tau"], "identified"].all()
+    # the map's friction at (nearly) every alpha lies within its 95 % band
+    bands = cal.map_curves()
+    for name, idx in (("mu_forward", 0), ("mu_backward", 1)):
+        lo, _, hi = bands[name]
+        true = C.friction_map(TRUTH, bands["alpha"])[idx]
+        assert np.mean((lo <= true + 1e-3) & (true - 1e-3 <= hi)) >= 0.9
+
+
+def test_scores_put_held_out_agreement_next_to_the_ceiling(emulator):
+    runs = _runs(TRUTH, alphas=(0.0, 0.4, 0.8, 1.0), noises=(0.0, 0.2, 0.4, 0.6))
+    cal = C.calibrate(runs, opts=emulator.opts, emulator=emulator)
+    table = cal.scores(which=("seed", "row"))
+    assert list(table["kind"]) == ["in-sample", "held-out seed", "leave-one-row-out"]
+    # the ceiling column is seed_ceiling's mean over seeds on all cells
+    _, per_seed = seed_ceiling(runs)
+    ceil = table.set_index("kind").loc["held-out seed", "ceiling_agreement"]
+    assert ceil == pytest.approx(per_seed["regime_agreement"].mean())
+    # a map from the true family predicts held-out seeds about as well as the seeds predict each other
+    held = table.set_index("kind").loc["held-out seed"]
+    assert held["regime_agreement"] >= held["ceiling_agreement"] - 0.1
+    assert held["spearman_nc"] > 0.9
+
+
+def test_transfer_keeps_the_friction_map_and_fits_the_noise_map(emulator):
+    opts = emulator.opts
+    source = C.calibrate(_runs(TRUTH), opts=opts, emulator=emulator)
+    other = dict(TRUTH, e0=0.05, e1=0.6)  # the same friction, another noise axis
+    cal = C.calibrate(_runs(other, chain_seed=123), opts=opts, emulator=emulator, transfer_from=source)
+    assert cal.fitted_knobs == C.NOISE_KNOBS
+    for k in C.KNOBS:
+        if k not in C.NOISE_KNOBS:
+            assert cal.params[k] == source.params[k]
+    assert cal.params["e1"] == pytest.approx(0.6, rel=0.35)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda r: r.iloc[0:0], "empty"),
+    (lambda r: r[r["seed"] == 1], "one seed"),
+    (lambda r: r.assign(curve=[c[:-1] if i == 3 else c for i, c in enumerate(r["curve"])]), "mix depths"),
+    (lambda r: r.assign(curve=[[np.nan] * 8 if i == 5 else c for i, c in enumerate(r["curve"])]), "non-finite"),
+    (lambda r: r.assign(row_value=r["row_value"] * 4, alpha=r["alpha"] * 4), "LeakyReLU slopes"),
+    (lambda r: r.drop(columns=["curve"]), "no column 'curve'"),
+])
+def test_bad_runs_get_a_clear_error(change, match):
+    runs = _runs(TRUTH, alphas=(0.0, 0.5), noises=(0.0, 0.5))
+    with pytest.raises(ValueError, match=match):
+        C.cell_data(change(runs))
+
+
+def test_options_validate_themselves():
+    with pytest.raises(ValueError, match="n_chains=30"):
+        C.CalibrationOptions(n_chains=30, groups=4)
+    with pytest.raises(ValueError, match="lams"):
+        C.CalibrationOptions(lams=(0.01,))
+    with pytest.raises(ValueError, match="w_nc"):
+        C.CalibrationOptions(w_nc=float("nan"))
+
+
+@pytest.mark.slow
+def test_interval_coverage_over_simulated_maps(emulator):
+    """Nominal 95 % intervals cover the truth in >= 90 % of (map, knob) cases: 6 maps spanning
+    concave, linear and convex cells, each with its own chain and seed noise."""
+    rng = np.random.default_rng(11)
+    hits, total = 0, 0
+    for n in range(6):
+        truth = dict(TRUTH, f0=float(rng.uniform(0.08, 0.3)), b0=float(rng.uniform(0.15, 0.4)),
+                     e0=float(rng.uniform(0.01, 0.05)), e1=float(rng.uniform(0.2, 0.6)),
+                     lam=float(rng.uniform(0.005, 0.03)), tau=float(rng.uniform(1.0, 1.8)))
+        cal = C.calibrate(_runs(truth, chain_seed=500 + n), opts=emulator.opts, emulator=emulator)
+        for k, r in cal.params_table().set_index("knob").iterrows():
+            if r["identified"]:
+                total += 1
+                hits += bool(r["low"] <= truth[k] <= r["high"])
+    print(f"coverage {hits}/{total} = {hits / total:.2f}")
+    assert total >= 30 and hits / total >= 0.9
