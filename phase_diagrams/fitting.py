@@ -26,20 +26,49 @@ Optimiser
     friction staircase ``mu->/k`` for a concave one, and an ``eps`` whose relaxation time
     (:func:`springblock.theory.relaxation_steps`) fits the horizon) and (ii) the best points of a
     coarse grid simulated in one batched kernel call (shared by every cell of a panel) — then
-    the best continued; the reported curve and intervals use 256 chains. A trajectory is fitted in
+    the best continued; the reported curve and intervals use 256 chains (see Polish). A trajectory is fitted in
     stages: the final curve first (as above), then ``tau`` by a bounded 1-D search with the rest
     fixed, then all five parameters by Nelder–Mead from there.
+Polish
+    The search optimum carries the Monte-Carlo error of ``search_chains`` chains; it is re-optimised
+    by least squares (``scipy.optimize.least_squares``, ``FitOptions.polish`` evaluations) on the
+    ``n_chains`` objective, from the best start and (``"mc"``) from the other starts' optima.
+    ``converged`` is the least-squares stopping status (False: the budget ran out).
 Uncertainty (``FitOptions.uncertainty``)
-    ``"jacobian"`` (default, cheap): Gauss–Newton covariance ``s² (JᵀJ)⁻¹`` of the log-parameters
-    from central differences of the residuals, ``s² = RSS / (n − p − 2)``; 95 % intervals
-    ``exp(θ ± 1.96 se)``. ``"profile"``: profile-likelihood intervals — each parameter on a grid,
-    the others re-optimised, the interval where ``RSS`` stays below ``RSS_min (1 + F_{1,n−p−2}(0.95)
-    / (n − p − 2))``. ``"bootstrap"``: over seeds — the cell's seeds resampled with replacement,
-    refitted, 2.5–97.5 % percentiles (needs ≥ 2 seeds). An interval that reaches a bound or an
-    infinite standard error marks a parameter the data do not identify.
+    ``"mc"`` (default): the measured curve is modelled as ``m = a + b c(θ) + e_m`` with white
+    measurement scatter ``e_m`` (variance ``s² = RSS / (n − p − 2)``), and the fitted chain curve
+    is ``c(θ) + e_f``, the mean of ``N = n_chains`` chains of one fixed seed, with covariance
+    ``Σ_f = b² C(θ̂) / N``, ``C`` the per-chain covariance of ``y − x_l`` (from
+    ``cov_chains`` chains of a fresh seed). With ``J`` the Jacobian of the profiled residuals in
+    the (log-)parameters and ``G = (JᵀJ)⁻¹Jᵀ`` the sandwich covariance is::
 
-    from phase_diagrams.fitting import fit_curve, fit_store
-    res = fit_curve(curve)                                   # one final log D curve
+        Σ_θ = (t_{0.975, n−p−2} / 1.96)² s² G Gᵀ + G Σ_f Gᵀ
+
+    (directions with no curvature in ``JᵀJ`` get variance 10⁶), 95 % intervals
+    ``exp(θ̂ ± 1.96 sqrt(diag Σ_θ))`` clipped to the bounds. Because the surface has curved
+    ridges and separate valleys, the intervals are then widened to the union with (i) the other
+    starts' optima whose ``RSS <= RSS_min (1 + F_{1,n−p−2}(0.95)/(n−p−2))``, (ii) a scan along
+    the largest-variance direction of the identified parameters (points under the same limit),
+    (iii) a profile over each not-identified parameter (fixed at ``profile_points`` values,
+    the others re-fitted, sandwich intervals of accepted points). ``"jacobian"``: the old
+    residual-only Gauss–Newton interval ``s² (JᵀJ)⁻¹`` (ignores the chains' Monte-Carlo error:
+    it excluded the truth on concave curves). ``"profile"``: profile likelihood on a grid.
+    ``"bootstrap"``: the cell's seeds resampled (needs ≥ 2 seeds).
+Identified
+    :func:`is_identified`: a finite interval inside the bounds (an interval reaching a bound is
+    never identified) and narrower than a factor 10 (``lam``: width ≤ 0.5). What is not identified
+    is reported with the combinations that may be (:attr:`FitResult.combinations`):
+    ``asymmetry = mu<- − mu->`` (a convex curve's ratchet gradient), ``mobility = 2 Phi(−(mu-> +
+    mu<-)/(2 eps))``, and ``best``, the log-linear combination along the smallest eigenvalue of
+    ``Σ_θ`` (on a concave curve ``mu-> eps^-0.8``), delta-method intervals.
+Flags
+    ``"not converged"``, ``"{name} at bound"``, ``"r2 < 0.5"``, ``"b = 0: ..."`` (the chain cannot
+    follow the curve) in :attr:`FitResult.flags` and the ``flags`` / ``flag_*`` columns of
+    :func:`fit_cells`; see ``docs/fitting.md`` for the measured coverage (:func:`coverage_study`).
+
+    from phase_diagrams import fit_curve                     # or phase_diagrams.fitting
+    res = fit_curve(curve)                                   # one final log D curve (~5-10 s on 2 cores)
+    res.params, res.ci, res.identified, res.combinations, res.flags
     res = fit_curve(trajectory, probe_epochs=epochs)         # a probe trajectory
     table = fit_store("runs.sqlite", "label-noise")          # every cell, written to the store
 """
@@ -601,6 +630,25 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
     start : a parameter dict to start from (skips the start search)
     start_points : ``(points, curves)`` from :func:`start_grid` (computed here if None)
     replicates : ``(n_seeds, ...)`` per-seed data whose mean is ``measured`` (bootstrap only)
+
+    Returns
+    -------
+    FitResult
+        ``params``, 95 % ``ci``, ``identified``, ``combinations``, ``flags``, ``r2``, ``fitted``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from phase_diagrams import fit_curve, FitOptions
+    >>> from phase_diagrams.fitting import chain_curves
+    >>> truth = dict(mu_forward=0.05, mu_backward=0.15, eps=0.1)        # a ratchet: convex curve
+    >>> curve = 1.0 + 3.0 * chain_curves(7, [truth], FitOptions(n_chains=512, seed=9))[0]
+    >>> res = fit_curve(curve)                                          # ~5-10 s on 2 cores
+    >>> res.identified["mu_forward"]                                    # the levels: a ridge
+    False
+    >>> asym = next(c for c in res.combinations if c["name"] == "asymmetry")
+    >>> asym["identified"] and asym["lo"] <= 0.10 <= asym["hi"]         # mu<- - mu->: pinned
+    True
     """
     t0 = time.perf_counter()
     y = np.asarray(measured, dtype=float)
