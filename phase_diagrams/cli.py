@@ -20,7 +20,11 @@ Commands (each calls one documented Python function)
     (:func:`phase_diagrams.jobs.export`).
 ``fit --store S [--sweep NAME] [--target final|trajectory] [--cell R,C ...] [--workers N]``
     Fit spring-block parameters to every cell, write them to the store and draw them
-    (:func:`phase_diagrams.jobs.fit_job`).
+    (:func:`phase_diagrams.jobs.fit_job`); prints a per-cell table with flags and a flag count.
+``fit --curve FILE [--epochs 0,10,20] [--target final|trajectory] [--json] [--out DIR]``
+    Fit one curve (1-D) or trajectory (probes x layers) from a CSV / JSON / NPY file
+    (:func:`phase_diagrams.fitting.fit_curve`): parameters, 95 % intervals, identified or not,
+    combinations, flags, R²; ``--json`` prints a record, ``--out`` writes measured vs fitted.
 ``calibrate --store S [--sweep NAME] [--transfer-from OTHER] [--out DIR] [--no-scores]``
     One chain–network map for the whole diagram (:func:`phase_diagrams.jobs.calibrate_job`):
     prints the knobs with intervals and the held-out scores next to the seed ceiling, stores the
@@ -97,14 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="FILE.csv, FILE.parquet or FILE.json")
     e.add_argument("--simulated", action="store_true")
 
-    f = sub.add_parser("fit", help="fit spring-block parameters to every cell of a stored sweep")
+    f = sub.add_parser("fit", help="fit spring-block parameters to every cell of a stored sweep, or to a curve file")
     f.add_argument("--store", default="out/runs.sqlite")
+    f.add_argument("--curve", default=None, metavar="FILE", help="fit this curve / trajectory (.csv, .json, .npy)")
+    f.add_argument("--epochs", default=None, help="--curve: probe epochs, comma-separated")
+    f.add_argument("--json", action="store_true", help="--curve: print a JSON record")
     f.add_argument("--sweep", default=None)
     f.add_argument("--out", default="figures", help="figure directory (default figures/)")
-    f.add_argument("--target", default="final", choices=("final", "trajectory"),
-                   help="fit the final curve (default) or the probe trajectory (adds lam and tau)")
+    f.add_argument("--target", default=None, choices=("final", "trajectory"),
+                   help="fit the final curve (default for --store; --curve: trajectory when epochs are known) "
+                        "or the probe trajectory (adds lam and tau)")
     f.add_argument("--cell", action="append", default=None, metavar="ROW,COL", help="only these cells")
-    f.add_argument("--uncertainty", default="jacobian", choices=("jacobian", "profile", "bootstrap", "none"))
+    f.add_argument("--uncertainty", default="mc", choices=("mc", "jacobian", "profile", "bootstrap", "none"),
+                   help="default mc: residual scatter + the chains' Monte-Carlo error")
     f.add_argument("--chains", type=int, default=256, help="chains of the reported fit (default 256)")
     f.add_argument("--workers", type=int, default=None, help="cells fitted in parallel (default: all cores)")
     f.add_argument("--no-progress", action="store_true")
@@ -162,6 +171,87 @@ def _print_summary(summary) -> None:
         print(summary.to_string(index=False))
 
 
+def _print_fit_table(fits) -> None:
+    """Per-cell fitted values (``*`` = not identified), R², flags; then a count of each flag."""
+    names = [n for n in ("mu_forward", "mu_backward", "eps", "lam", "tau") if n in fits.columns]
+    rows = []
+    for _, r in fits.iterrows():
+        row = dict(row_value=r["row_value"], col_value=r["col_value"])
+        for n in names:
+            star = "" if bool(r.get(f"{n}_identified", True)) else "*"
+            row[n] = f"{r[n]:.3g}{star}"
+        for c in ("asymmetry", "mobility"):
+            if c in fits.columns:
+                star = "" if bool(r.get(f"{c}_identified", True)) else "*"
+                row[c] = f"{r[c]:.3g}{star}"
+        row.update(r2=f"{r['r2']:.3f}", flags=r.get("flags", "") or "-")
+        rows.append(row)
+    import pandas as pd
+
+    _print_summary(pd.DataFrame(rows))
+    print("(* = not identified: 95 % interval reaches a bound or spans more than a factor 10)")
+    counts = {k: int(fits[c].sum()) for k, c in (("not converged", "flag_not_converged"),
+                                                  ("at bound", "flag_at_bound"), ("r2 < 0.5", "flag_low_r2"),
+                                                  ("b = 0", "flag_no_map")) if c in fits.columns}
+    flagged = int((fits["n_flags"] > 0).sum()) if "n_flags" in fits.columns else 0
+    print(f"flags: {flagged} of {len(fits)} cells flagged; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _fit_curve_file(args) -> int:
+    """``fit --curve FILE``: fit, print (or --json), optionally draw."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from phase_diagrams.fitting import FitOptions, fit_curve, load_curve_file
+
+    try:
+        epochs = [float(v) for v in args.epochs.split(",")] if args.epochs else None
+    except ValueError:
+        print(f"error: --epochs {args.epochs!r}: expected comma-separated numbers", file=sys.stderr)
+        return 2
+    try:
+        data, ep = load_curve_file(args.curve, epochs)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    target = args.target or ("trajectory" if data.ndim == 2 and ep is not None else "final")
+    if target == "trajectory" and (data.ndim != 2 or ep is None):
+        print(f"error: {args.curve}: a trajectory fit needs a 2-D (probes x layers) array and its epochs "
+              "(--epochs or a probe_epochs key/column)", file=sys.stderr)
+        return 2
+    if target == "final" and data.ndim == 2:
+        data = data[-1]  # the last probe is the final curve
+    opts = FitOptions(uncertainty=args.uncertainty, n_chains=args.chains)
+    res = fit_curve(data, probe_epochs=ep if target == "trajectory" else None, opts=opts)
+    rec = dict(file=str(args.curve), **res.to_record())
+    if args.json:
+        print(json.dumps(rec, allow_nan=False))
+    else:
+        print(f"{args.curve}: {target} fit of {data.shape[-1] - 1} layers ({res.uncertainty} intervals, "
+              f"{res.wall_s:.1f} s)")
+        for n, v in res.params.items():
+            lo, hi = res.ci[n]
+            print(f"  {n:>12} = {v:<9.4g} 95 % [{lo:.4g}, {hi:.4g}]  "
+                  f"{'identified' if res.identified[n] else 'NOT identified'}")
+        for c in res.combinations:
+            print(f"  {c['name']:>12} = {c['value']:<9.4g} 95 % [{c['lo']:.4g}, {c['hi']:.4g}]  "
+                  f"{'identified' if c['identified'] else 'NOT identified'}")
+        print(f"  R² = {res.r2:.4f}, rms = {res.rms:.3g}, affine log D = {res.affine[0]:.3g} + {res.affine[1]:.3g} "
+              f"(y − x), converged = {res.converged}")
+        print(f"  flags: {'; '.join(res.flags) if res.flags else 'none'}")
+    if args.out:
+        from phase_diagrams.plots import plot_curve_fit, save_figure
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = save_figure(plot_curve_fit(res, title=Path(args.curve).name), out / f"{Path(args.curve).stem}_fit")
+        if not args.json:
+            print("wrote " + ", ".join(str(p) for p in written))
+    return 0 if np.isfinite(res.rss) else 1
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate", "fit",
@@ -203,16 +293,16 @@ def main(argv=None) -> int:
                 per_cell.to_csv(args.csv, index=False)
         elif args.command == "export":
             print(jobs.export(args.store, args.out, sweep=args.sweep, simulated=args.simulated))
+        elif args.command == "fit" and args.curve is not None:
+            return _fit_curve_file(args)
         elif args.command == "fit":
             import os
 
             cells = [tuple(int(v) for v in c.split(",")) for c in args.cell] if args.cell else None
-            fits = jobs.fit_job(args.store, args.sweep, args.out, target=args.target, cells=cells,
+            fits = jobs.fit_job(args.store, args.sweep, args.out, target=args.target or "final", cells=cells,
                                 workers=args.workers or os.cpu_count() or 1, progress=not args.no_progress,
                                 uncertainty=args.uncertainty, n_chains=args.chains)
-            cols = [c for c in ("row_value", "col_value", "mu_forward", "mu_backward", "eps", "lam", "tau", "rms", "r2")
-                    if c in fits.columns]
-            _print_summary(fits[cols])
+            _print_fit_table(fits)
             from phase_diagrams.fitting import fit_trends
 
             print("\ntrends over the grid (medians by alpha ascending / by noise, least noisy first):")

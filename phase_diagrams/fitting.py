@@ -26,20 +26,49 @@ Optimiser
     friction staircase ``mu->/k`` for a concave one, and an ``eps`` whose relaxation time
     (:func:`springblock.theory.relaxation_steps`) fits the horizon) and (ii) the best points of a
     coarse grid simulated in one batched kernel call (shared by every cell of a panel) — then
-    the best continued; the reported curve and intervals use 256 chains. A trajectory is fitted in
+    the best continued; the reported curve and intervals use 256 chains (see Polish). A trajectory is fitted in
     stages: the final curve first (as above), then ``tau`` by a bounded 1-D search with the rest
     fixed, then all five parameters by Nelder–Mead from there.
+Polish
+    The search optimum carries the Monte-Carlo error of ``search_chains`` chains; it is re-optimised
+    by least squares (``scipy.optimize.least_squares``, ``FitOptions.polish`` evaluations) on the
+    ``n_chains`` objective, from the best start and (``"mc"``) from the other starts' optima.
+    ``converged`` is the least-squares stopping status (False: the budget ran out).
 Uncertainty (``FitOptions.uncertainty``)
-    ``"jacobian"`` (default, cheap): Gauss–Newton covariance ``s² (JᵀJ)⁻¹`` of the log-parameters
-    from central differences of the residuals, ``s² = RSS / (n − p − 2)``; 95 % intervals
-    ``exp(θ ± 1.96 se)``. ``"profile"``: profile-likelihood intervals — each parameter on a grid,
-    the others re-optimised, the interval where ``RSS`` stays below ``RSS_min (1 + F_{1,n−p−2}(0.95)
-    / (n − p − 2))``. ``"bootstrap"``: over seeds — the cell's seeds resampled with replacement,
-    refitted, 2.5–97.5 % percentiles (needs ≥ 2 seeds). An interval that reaches a bound or an
-    infinite standard error marks a parameter the data do not identify.
+    ``"mc"`` (default): the measured curve is modelled as ``m = a + b c(θ) + e_m`` with white
+    measurement scatter ``e_m`` (variance ``s² = RSS / (n − p − 2)``), and the fitted chain curve
+    is ``c(θ) + e_f``, the mean of ``N = n_chains`` chains of one fixed seed, with covariance
+    ``Σ_f = b² C(θ̂) / N``, ``C`` the per-chain covariance of ``y − x_l`` (from
+    ``cov_chains`` chains of a fresh seed). With ``J`` the Jacobian of the profiled residuals in
+    the (log-)parameters and ``G = (JᵀJ)⁻¹Jᵀ`` the sandwich covariance is::
 
-    from phase_diagrams.fitting import fit_curve, fit_store
-    res = fit_curve(curve)                                   # one final log D curve
+        Σ_θ = (t_{0.975, n−p−2} / 1.96)² s² G Gᵀ + G Σ_f Gᵀ
+
+    (directions with no curvature in ``JᵀJ`` get variance 10⁶), 95 % intervals
+    ``exp(θ̂ ± 1.96 sqrt(diag Σ_θ))`` clipped to the bounds. Because the surface has curved
+    ridges and separate valleys, the intervals are then widened to the union with (i) the other
+    starts' optima whose ``RSS <= RSS_min (1 + F_{1,n−p−2}(0.95)/(n−p−2))``, (ii) a scan along
+    the largest-variance direction of the identified parameters (points under the same limit),
+    (iii) a profile over each not-identified parameter (fixed at ``profile_points`` values,
+    the others re-fitted, sandwich intervals of accepted points). ``"jacobian"``: the old
+    residual-only Gauss–Newton interval ``s² (JᵀJ)⁻¹`` (ignores the chains' Monte-Carlo error:
+    it excluded the truth on concave curves). ``"profile"``: profile likelihood on a grid.
+    ``"bootstrap"``: the cell's seeds resampled (needs ≥ 2 seeds).
+Identified
+    :func:`is_identified`: a finite interval inside the bounds (an interval reaching a bound is
+    never identified) and narrower than a factor 10 (``lam``: width ≤ 0.5). What is not identified
+    is reported with the combinations that may be (:attr:`FitResult.combinations`):
+    ``asymmetry = mu<- − mu->`` (a convex curve's ratchet gradient), ``mobility = 2 Phi(−(mu-> +
+    mu<-)/(2 eps))``, and ``best``, the log-linear combination along the smallest eigenvalue of
+    ``Σ_θ`` (on a concave curve ``mu-> eps^-0.8``), delta-method intervals.
+Flags
+    ``"not converged"``, ``"{name} at bound"``, ``"r2 < 0.5"``, ``"b = 0: ..."`` (the chain cannot
+    follow the curve) in :attr:`FitResult.flags` and the ``flags`` / ``flag_*`` columns of
+    :func:`fit_cells`; see ``docs/fitting.md`` for the measured coverage (:func:`coverage_study`).
+
+    from phase_diagrams import fit_curve                     # or phase_diagrams.fitting
+    res = fit_curve(curve)                                   # one final log D curve (~5-10 s on 2 cores)
+    res.params, res.ci, res.identified, res.combinations, res.flags
     res = fit_curve(trajectory, probe_epochs=epochs)         # a probe trajectory
     table = fit_store("runs.sqlite", "label-noise")          # every cell, written to the store
 """
@@ -61,8 +90,9 @@ from springblock import ChainParams, simulate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FitOptions", "FitResult", "PARAMS", "initial_guess", "chain_curves", "fit_curve", "fit_cells",
-           "fit_store", "fit_trends"]
+__all__ = ["FitOptions", "FitResult", "PARAMS", "initial_guess", "chain_curves", "chain_samples", "affine_fit",
+           "is_identified", "fit_curve", "fit_cells", "fit_store", "fit_trends", "coverage_study", "coverage_summary",
+           "load_curve_file", "COVERAGE_TRUTHS"]
 
 #: Fitted parameters, in this order; the last two only for trajectories.
 PARAMS = ("mu_forward", "mu_backward", "eps", "lam", "tau")
@@ -73,6 +103,7 @@ _BOUNDS = {  # natural-scale bounds (the optimiser works on logs except for lam)
     "lam": (0.0, 1.0),
     "tau": (1e-3, 1e3),
 }
+UNCERTAINTIES = ("mc", "jacobian", "profile", "bootstrap", "none")
 _LOG = {"mu_forward": True, "mu_backward": True, "eps": True, "lam": False, "tau": True}
 
 
@@ -89,19 +120,26 @@ class FitOptions:
     starts: int = 3              # Nelder-Mead starts: the analytic guess + the best grid points
     maxfev: int = 240            # Nelder-Mead function evaluations in all
     xatol: float = 0.01          # Nelder-Mead tolerance on the log-parameters (1 %)
-    uncertainty: str = "jacobian"  # jacobian | profile | bootstrap | none
+    uncertainty: str = "mc"      # mc (MC-aware sandwich, default) | jacobian | profile | bootstrap | none
+    polish: int = 30             # least-squares evaluations on n_chains after the search (0: none)
+    cov_chains: int = 1024       # chains (fresh seed) that estimate the chain covariance of the "mc" intervals
+    profile_points: int = 4      # "mc": profile points per non-identified parameter (0: no profile)
     n_bootstrap: int = 20        # bootstrap resamples (bootstrap only)
     records: int = 200           # trajectory records over the horizon (trajectory fits)
     baseline: str = "initial"    # trajectories: fit the change since the first probe ("initial") or "none"
 
     def __post_init__(self):
-        for name in ("n_chains", "search_chains", "n_steps", "grid", "starts", "maxfev", "n_bootstrap", "records"):
+        for name in ("polish", "profile_points"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"FitOptions.{name}={v!r}: must be an integer >= 0")
+        for name in ("n_chains", "search_chains", "n_steps", "grid", "starts", "maxfev", "n_bootstrap", "records",
+                     "cov_chains"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"FitOptions.{name}={v!r}: must be an integer >= 1")
-        if self.uncertainty not in ("jacobian", "profile", "bootstrap", "none"):
-            raise ValueError(f"FitOptions.uncertainty={self.uncertainty!r}: choose jacobian, profile, bootstrap "
-                             "or none")
+        if self.uncertainty not in UNCERTAINTIES:
+            raise ValueError(f"FitOptions.uncertainty={self.uncertainty!r}: choose {', '.join(UNCERTAINTIES)}")
         if self.baseline not in ("initial", "none"):
             raise ValueError(f"FitOptions.baseline={self.baseline!r}: choose initial or none")
         if not (0 < self.eta <= 0.1):
@@ -127,6 +165,14 @@ class FitResult:
     measured : the measured data
     target : ``"final"`` or ``"trajectory"``
     n_evals, converged, wall_s, start : optimiser facts and the start point used
+    identified : dict
+        ``name -> bool`` by :func:`is_identified` (never True for an interval reaching a bound).
+    combinations : list of dict
+        ``name, value, lo, hi, identified`` of derived quantities the data may pin when the
+        parameters are not (see :func:`_combinations`): ``asymmetry``, ``mobility``, ``best: ...``.
+    flags : list of str
+        Problems: ``"not converged"``, ``"{name} at bound"``, ``"r2 < 0.5"``, ``"b = 0: ..."``.
+    uncertainty : the method of ``ci``
     """
 
     params: dict
@@ -142,12 +188,34 @@ class FitResult:
     converged: bool
     wall_s: float
     start: dict = field(default_factory=dict)
+    identified: dict = field(default_factory=dict)
+    combinations: list = field(default_factory=list)
+    flags: list = field(default_factory=list)
+    uncertainty: str = ""
 
     def to_record(self) -> dict:
-        return dict(params=self.params, ci={k: list(v) for k, v in self.ci.items()}, affine=list(self.affine),
-                    rss=self.rss, rms=self.rms, r2=self.r2, fitted=np.asarray(self.fitted).tolist(),
-                    measured=np.asarray(self.measured).tolist(), target=self.target, n_evals=self.n_evals,
-                    converged=self.converged, wall_s=self.wall_s, start=self.start)
+        """A JSON-ready dict (NaN and infinities as None)."""
+        rec = dict(params=self.params, ci={k: list(v) for k, v in self.ci.items()}, identified=self.identified,
+                   combinations=self.combinations, flags=self.flags, affine=list(self.affine), rss=self.rss,
+                   rms=self.rms, r2=self.r2, fitted=np.asarray(self.fitted).tolist(),
+                   measured=np.asarray(self.measured).tolist(), target=self.target, n_evals=self.n_evals,
+                   converged=self.converged, wall_s=self.wall_s, start=self.start, uncertainty=self.uncertainty)
+        return _finite(rec)
+
+
+def _finite(obj):
+    """Replace NaN / inf floats by None, recursively (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
 # ------------------------------------------------------------------------------------------
@@ -157,6 +225,25 @@ def _chain(n_blocks: int, opts: FitOptions, p: dict, n_steps: int) -> ChainParam
     return ChainParams(n_blocks=n_blocks, k=1.0, y=1.0, eta=opts.eta, n_steps=int(n_steps),
                        mu_forward=float(p["mu_forward"]), mu_backward=float(p["mu_backward"]),
                        eps=float(p["eps"]), lam=float(p.get("lam", 0.0)))
+
+
+def _horizon(tau: float, epochs: np.ndarray, opts: FitOptions) -> tuple[int, int]:
+    """``(record_every, n_steps)`` covering ``t = tau * max(epochs)`` in about ``opts.records`` records."""
+    t_end = tau * float(epochs.max())
+    every = max(1, int(math.ceil(t_end / opts.eta / opts.records)))
+    n_steps = every * int(math.ceil(t_end / opts.eta / every)) if t_end > 0 else every
+    return every, n_steps
+
+
+def _interp_rows(times: np.ndarray, curves: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``curves[..., R, L+1]`` from ``times (R,)`` to ``want`` along axis -2
+    (clamped at the ends, as :func:`numpy.interp`)."""
+    w = np.clip(want, times[0], times[-1])
+    i = np.clip(np.searchsorted(times, w, side="right") - 1, 0, max(len(times) - 2, 0))
+    j = np.minimum(i + 1, len(times) - 1)
+    span = np.where(times[j] > times[i], times[j] - times[i], 1.0)
+    f = ((w - times[i]) / span)[:, None]
+    return (1 - f) * curves[..., i, :] + f * curves[..., j, :]
 
 
 def chain_curves(n_blocks: int, points: list[dict], opts: FitOptions, *, probe_epochs=None) -> np.ndarray:
@@ -174,23 +261,38 @@ def chain_curves(n_blocks: int, points: list[dict], opts: FitOptions, *, probe_e
     if len(taus) != 1:
         raise ValueError("points of one trajectory call must share tau")
     tau = taus.pop()
-    t_end = tau * float(epochs.max())
-    every = max(1, int(math.ceil(t_end / opts.eta / opts.records)))
-    n_steps = every * int(math.ceil(t_end / opts.eta / every)) if t_end > 0 else every
+    every, n_steps = _horizon(tau, epochs, opts)
     grid = [_chain(n_blocks, opts, p, n_steps) for p in points]
     res = simulate(grid, n_chains=opts.n_chains, seed=opts.seed, record_every=every)
     traj = np.asarray(res.trajectory_curve())  # (P, R, L+1)
-    times = res.steps * opts.eta
-    want = tau * epochs
-    out = np.empty((len(points), len(epochs), n_blocks + 1))
-    for layer in range(n_blocks + 1):
-        for q in range(len(points)):
-            out[q, :, layer] = np.interp(want, times, traj[q, :, layer])
-    return out
+    return _interp_rows(res.steps * opts.eta, traj, tau * epochs)
 
 
-def _affine(measured: np.ndarray, sim: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares ``measured ≈ a + b sim`` with ``b >= 0``; returns ``(a, b, rss)``."""
+def chain_samples(n_blocks: int, point: dict, opts: FitOptions, *, probe_epochs=None) -> np.ndarray:
+    """Per-chain ``y − x_l`` curves of one parameter dict: ``(n_chains, L+1)`` (final) or
+    ``(n_chains, n_probes, L+1)`` (at ``t = tau * epoch``), ``opts.n_chains`` chains of seed
+    ``opts.seed``. Their mean is :func:`chain_curves`; their covariance over chains divided by
+    the number of chains is the Monte-Carlo covariance of that mean."""
+    if probe_epochs is None:
+        res = simulate(_chain(n_blocks, opts, point, opts.n_steps), n_chains=opts.n_chains, seed=opts.seed)
+        return np.asarray(res.load_curve(mean=False))
+    epochs = np.asarray(probe_epochs, dtype=float)
+    tau = float(point["tau"])
+    every, n_steps = _horizon(tau, epochs, opts)
+    res = simulate(_chain(n_blocks, opts, point, n_steps), n_chains=opts.n_chains, seed=opts.seed,
+                   record_every=every)
+    per = 1.0 - np.concatenate([np.zeros(res.traj.shape[:-1] + (1,)), res.traj], axis=-1)  # y = 1
+    return _interp_rows(res.steps * opts.eta, per, tau * epochs)
+
+
+def affine_fit(measured, sim) -> tuple[float, float, float]:
+    """Least-squares affine map ``measured ≈ a + b sim`` with ``b >= 0``.
+
+    ``b = max(cov(m, s) / var(s), 0)`` and ``a = mean(m) − b mean(s)`` over all entries (arrays of
+    any, equal, shape); returns ``(a, b, rss)`` with ``rss = Σ (m − a − b s)²``. A clipped
+    ``b = 0`` means the simulated curve cannot follow the measured one (anti-correlated or flat).
+    """
+    measured, sim = np.asarray(measured, dtype=float), np.asarray(sim, dtype=float)
     m, s = measured.ravel(), sim.ravel()
     sc = s - s.mean()
     var = float(sc @ sc)
@@ -198,6 +300,9 @@ def _affine(measured: np.ndarray, sim: np.ndarray) -> tuple[float, float, float]
     a = float(m.mean() - b * s.mean())
     r = m - a - b * s
     return a, b, float(r @ r)
+
+
+_affine = affine_fit  # the historical private name (tests, old callers)
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,11 +412,11 @@ class _Objective:
 
     def residuals(self, theta):
         sim = self.curves(theta)
-        a, b, _ = _affine(self.measured, sim)
+        a, b, _ = affine_fit(self.measured, sim)
         return (self.measured - a - b * sim).ravel()
 
     def __call__(self, theta):
-        return _affine(self.measured, self.curves(theta))[2]
+        return affine_fit(self.measured, self.curves(theta))[2]
 
 
 def _minimize(obj, theta0, names, maxfev, xatol):
@@ -360,6 +465,132 @@ def _jacobian_ci(obj, theta, names, rss, n_obs):
     return ci
 
 
+def _residual_jacobian(obj, theta, h):
+    """Central differences ``∂r/∂θ`` of the affine-profiled residuals, ``(n_obs, p)``."""
+    cols = []
+    for i in range(len(theta)):
+        e = np.zeros_like(theta)
+        e[i] = h
+        cols.append((obj.residuals(theta + e) - obj.residuals(theta - e)) / (2 * h))
+    return np.stack(cols, axis=1)
+
+
+_UNBOUNDED = 1e6  # variance (log units²) given to a direction the residuals do not feel
+
+
+def _mc_covariance(jac, s2_white, sigma_fit, dof, z=1.959963984540054):
+    """Effective covariance of the parameters (log scale) of the MC-aware sandwich.
+
+    ``G = (JᵀJ)⁻¹ Jᵀ``; ``Σ_θ = (t_dof/z)² s² G Gᵀ + G Σ_fit Gᵀ`` so that ``θ ± z sqrt(diag Σ_θ)``
+    is a 95 % interval (the white part carries a Student-t factor: ``s²`` is estimated from
+    ``dof`` residual degrees of freedom). Directions with ``JᵀJ`` eigenvalue below ``1e-10`` of the
+    largest get variance ``1e6``: nothing in the data pins them.
+    """
+    info = jac.T @ jac
+    d, v = np.linalg.eigh(info)
+    small = d <= 1e-10 * max(d.max(), 1e-300)
+    inv = (v[:, ~small] / d[~small]) @ v[:, ~small].T
+    g = inv @ jac.T
+    t = stats.t.ppf(0.975, max(dof, 1))
+    cov = (t / z) ** 2 * s2_white * (g @ g.T) + g @ sigma_fit @ g.T
+    if small.any():
+        cov = cov + _UNBOUNDED * v[:, small] @ v[:, small].T
+    return 0.5 * (cov + cov.T)
+
+
+def _ci_from_cov(theta, cov, names, z=1.959963984540054):
+    ci = {}
+    for i, n in enumerate(names):
+        lo, hi = _BOUNDS[n]
+        s = math.sqrt(max(cov[i, i], 0.0))
+        if _LOG[n]:
+            ci[n] = (float(math.exp(max(theta[i] - z * s, math.log(lo)))),
+                     float(math.exp(min(theta[i] + z * s, math.log(hi)))))
+        else:
+            ci[n] = (float(max(theta[i] - z * s, lo)), float(min(theta[i] + z * s, hi)))
+    return ci
+
+
+def is_identified(name: str, interval) -> bool:
+    """The identification rule used everywhere (FitResult, :func:`fit_cells`, :func:`fit_trends`,
+    the figures): a finite 95 % interval that reaches neither bound of ``_BOUNDS[name]`` (within
+    0.1 %) and is narrower than a factor 10 (``hi/lo <= 10``; for ``lam``, width ``<= 0.5``)."""
+    lo, hi = (float(v) for v in interval)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+        return False
+    blo, bhi = _BOUNDS[name]
+    if _LOG.get(name, True):
+        return lo > blo * 1.001 and hi < bhi / 1.001 and hi <= 10 * lo
+    return lo > blo + 1e-3 * (bhi - blo) and hi < bhi - 1e-3 * (bhi - blo) and hi - lo <= 0.5
+
+
+def _combinations(params: dict, theta, cov, names, ci: dict, z=1.959963984540054, w=None) -> list[dict]:
+    """Derived quantities with delta-method intervals from the log-parameter covariance ``cov``.
+
+    ``asymmetry = mu<- − mu->`` (the ratchet gradient is ``−asymmetry/2k`` per spring),
+    ``mobility = 2 Phi(−u)``, ``u = (mu-> + mu<-)/(2 eps)`` (interval on ``log m``), and ``best``:
+    the log-linear combination ``Π θ_i^{v_i}`` of mu->, mu<-, eps along the eigenvector ``v`` of
+    the smallest eigenvalue of their covariance (scaled so that ``max |v_i| = 1``): the direction
+    the curve pins best (on a concave curve, the ridge's normal). ``best`` is a local (tangent)
+    direction: it counts as identified only when every parameter in it has an interval inside the
+    bounds — on a ridge that runs into a bound (convex, linear curves) it is curved on the scale of
+    the interval and the delta method does not cover (measured: 2 of 6 convex cases)."""
+    ix = {n: i for i, n in enumerate(names)}
+    k = [ix["mu_forward"], ix["mu_backward"], ix["eps"]]
+    sub = cov[np.ix_(k, k)]
+    mf, mb, ep = params["mu_forward"], params["mu_backward"], params["eps"]
+    out = []
+
+    def add(name, value, grad, log, rule):
+        g = np.zeros(len(names))
+        g[k] = grad
+        se = math.sqrt(max(float(g @ cov @ g), 0.0))
+        if log:  # value is the log of the quantity
+            with np.errstate(over="ignore", under="ignore"):
+                value, lo, hi = (float(np.exp(v)) for v in (value, value - z * se, value + z * se))
+        else:
+            lo, hi = value - z * se, value + z * se
+        ok = bool(se < 0.1 * math.sqrt(_UNBOUNDED) and rule(lo, hi))
+        out.append(dict(name=name, value=float(value), lo=float(lo), hi=float(hi), identified=ok))
+
+    # signed: identified when the half-width is below half its size (or below 0.01 near zero)
+    add("asymmetry", mb - mf, [-mf, mb, 0.0], False, lambda lo, hi: (hi - lo) / 2 <= max(0.5 * abs(mb - mf), 0.01))
+    u = (mf + mb) / (2 * ep)
+    log_m = math.log(2.0) + float(special.log_ndtr(-u))
+    dlogm_du = -math.exp(-0.5 * u * u - 0.5 * math.log(2 * math.pi) - float(special.log_ndtr(-u)))
+    add("mobility", log_m, [dlogm_du * mf / (2 * ep), dlogm_du * mb / (2 * ep), -dlogm_du * u], True,
+        lambda lo, hi: lo > 0 and hi <= 10 * lo)
+    if w is None:
+        d, v = np.linalg.eigh(sub)
+        w = v[:, 0] / v[np.argmax(np.abs(v[:, 0])), 0]
+        w = np.where(np.abs(w) < 0.05, 0.0, np.round(w, 2))
+    label = " ".join(f"{n}^{c:g}" for n, c in zip(("mu_forward", "mu_backward", "eps"), w, strict=True) if c != 0)
+    val = float(w @ theta[k])
+    inside = all(is_identified(n, ci[n]) or c == 0 for n, c in zip(("mu_forward", "mu_backward", "eps"), w,
+                                                                    strict=True))
+    add(f"best: {label}", val, w, True, lambda lo, hi: inside and lo > 0 and hi <= 10 * lo)
+    return out
+
+
+def _flags(params, names, converged, r2, b) -> list[str]:
+    """Problems of a fit, as short strings (empty: none)."""
+    out = []
+    if not converged:
+        out.append("not converged")
+    for n in names:
+        lo, hi = _BOUNDS[n]
+        v = params[n]
+        near = (abs(math.log(v / lo)) < 0.01 or abs(math.log(hi / v)) < 0.01) if _LOG[n] else \
+            (v - lo < 1e-3 * (hi - lo) and n != "lam") or hi - v < 1e-3 * (hi - lo)
+        if near:
+            out.append(f"{n} at bound")
+    if not (np.isfinite(r2) and r2 >= 0.5):
+        out.append("r2 < 0.5")
+    if b <= 0:
+        out.append("b = 0: the chain cannot follow the curve")
+    return out
+
+
 def _profile_ci(obj, theta, names, rss, n_obs, maxfev=40, points=7):
     dof = max(n_obs - len(theta) - 2, 1)
     limit = rss * (1 + stats.f.ppf(0.95, 1, dof) / dof)
@@ -399,6 +630,25 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
     start : a parameter dict to start from (skips the start search)
     start_points : ``(points, curves)`` from :func:`start_grid` (computed here if None)
     replicates : ``(n_seeds, ...)`` per-seed data whose mean is ``measured`` (bootstrap only)
+
+    Returns
+    -------
+    FitResult
+        ``params``, 95 % ``ci``, ``identified``, ``combinations``, ``flags``, ``r2``, ``fitted``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from phase_diagrams import fit_curve, FitOptions
+    >>> from phase_diagrams.fitting import chain_curves
+    >>> truth = dict(mu_forward=0.05, mu_backward=0.15, eps=0.1)        # a ratchet: convex curve
+    >>> curve = 1.0 + 3.0 * chain_curves(7, [truth], FitOptions(n_chains=512, seed=9))[0]
+    >>> res = fit_curve(curve)                                          # ~5-10 s on 2 cores
+    >>> res.identified["mu_forward"]                                    # the levels: a ridge
+    False
+    >>> asym = next(c for c in res.combinations if c["name"] == "asymmetry")
+    >>> asym["identified"] and asym["lo"] <= 0.10 <= asym["hi"]         # mu<- - mu->: pinned
+    True
     """
     t0 = time.perf_counter()
     y = np.asarray(measured, dtype=float)
@@ -438,7 +688,7 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
     if start is None:
         guess = dict(initial_guess(final, opts), source="analytic")
         pts, curves = start_points if start_points is not None else start_grid(n_blocks, opts)
-        ranked = sorted(((_affine(final, c)[2], i) for i, c in enumerate(curves)), key=lambda t: t[0])
+        ranked = sorted(((affine_fit(final, c)[2], i) for i, c in enumerate(curves)), key=lambda t: t[0])
         starts = [guess] + [dict(pts[i], source="grid") for _, i in ranked[: opts.starts - 1]]
     else:
         starts = [dict(start, source=start.get("source", "given"))]
@@ -451,28 +701,187 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
     short = max(20, opts.maxfev // (2 * len(starts))) if len(starts) > 1 else opts.maxfev
     tries = [(_minimize(search, _to_theta(st, names), names, short, opts.xatol), st) for st in starts]
     res, start = min(tries, key=lambda t: t[0].fun)
+    others = [t[0].x for t in tries if t[0] is not res]
     if len(starts) > 1:
         res = _minimize(search, res.x, names, max(opts.maxfev - short * len(starts), 20), opts.xatol)
     start = {k: v for k, v in start.items()}
     source = start.pop("source", "given")
     theta = res.x
-    best = _from_theta(theta, names)
+    converged = bool(res.success)
     obj = _Objective(y, n_blocks, opts, probe_epochs, names)  # the reported numbers: opts.n_chains
+    if opts.polish > 0:
+        # the search optimum carries the Monte-Carlo error of search_chains chains: re-optimise on
+        # the n_chains objective (least squares on the profiled residuals), whose error the "mc"
+        # interval counts
+        bnd = _theta_bounds(names)
+        lo_b, hi_b = np.array([b[0] for b in bnd]), np.array([b[1] for b in bnd])
+        x0 = np.clip(theta, lo_b + 1e-9, hi_b - 1e-9)
+        ls = optimize.least_squares(obj.residuals, x0, bounds=(lo_b, hi_b), method="trf", diff_step=0.01,
+                                    max_nfev=opts.polish, x_scale=np.where([_LOG[n] for n in names], 1.0, 0.1),
+                                    xtol=1e-3, ftol=1e-3)
+        if 2 * ls.cost <= obj(theta):
+            theta = ls.x
+        converged = bool(ls.status > 0)  # 0: the evaluation budget ran out
+    if opts.polish > 0 and opts.uncertainty == "mc":
+        # the other starts' optima, polished alike: separate valleys that fit as well are kept
+        # (below) as part of the interval
+        alt = []
+        for x in others:
+            if np.max(np.abs(x - theta)) < 0.05:
+                continue
+            lsx = optimize.least_squares(obj.residuals, np.clip(x, lo_b + 1e-9, hi_b - 1e-9), bounds=(lo_b, hi_b),
+                                         method="trf", diff_step=0.01, max_nfev=max(opts.polish // 3, 8),
+                                         x_scale=np.where([_LOG[n] for n in names], 1.0, 0.1), xtol=1e-3, ftol=1e-3)
+            alt.append((2 * lsx.cost, lsx.x))
+        if alt and min(alt, key=lambda t: t[0])[0] < obj(theta):  # another valley is deeper: report it
+            k = int(np.argmin([t[0] for t in alt]))
+            alt[k], theta = (obj(theta), theta), alt[k][1]
+    else:
+        alt = []
+    best = _from_theta(theta, names)
     sim = obj.curves(theta)
-    a, b, rss = _affine(y, sim)
+    a, b, rss = affine_fit(y, sim)
     n_obs = y.size
+    dof = max(n_obs - len(theta) - 2, 1)
     ci = {n: (float("nan"), float("nan")) for n in names}
-    if opts.uncertainty == "jacobian":
+    cov = None
+    combos = []
+    if opts.uncertainty == "mc":
+        cov = _mc_uncertainty(obj, theta, names, b, rss, dof, best, probe_epochs, n_blocks, opts)
+        ci = _ci_from_cov(theta, cov, names)
+        combos = _combinations(best, theta, cov, names, ci)
+        limit = rss * (1 + stats.f.ppf(0.95, 1, dof) / dof)
+        for rss_k, th_k in alt:  # other local optima inside the likelihood region: union of intervals
+            if rss_k > limit or np.max(np.abs(th_k - theta)) < 0.05:
+                continue
+            p_k = _from_theta(th_k, names)
+            _, b_k, _ = affine_fit(y, obj.curves(th_k))
+            cov_k = _mc_uncertainty(obj, th_k, names, b_k, rss_k, dof, p_k, probe_epochs, n_blocks, opts)
+            ci_k = _ci_from_cov(th_k, cov_k, names)
+            ci = {n: (min(ci[n][0], ci_k[n][0]), max(ci[n][1], ci_k[n][1])) for n in names}
+            w = np.array([_parse_power(c["name"][6:]).get(n, 0.0) for n in PARAMS[:3]
+                          for c in combos if c["name"].startswith("best: ")])
+            more = {c["name"] if not c["name"].startswith("best: ") else "best": c
+                    for c in _combinations(p_k, th_k, cov_k, names, ci_k, w=w if w.size else None)}
+            for c in combos:
+                o = more.get(c["name"] if not c["name"].startswith("best: ") else "best")
+                c["lo"], c["hi"] = min(c["lo"], o["lo"]), max(c["hi"], o["hi"])
+                c["identified"] = c["identified"] and o["identified"]
+        ci = _ridge_scan(obj, theta, names, ci, cov, limit)
+        ci, combos = _profile_unidentified(y, theta, names, ci, combos, rss, dof, probe_epochs, n_blocks, opts)
+    elif opts.uncertainty == "jacobian":
         ci = _jacobian_ci(obj, theta, names, rss, n_obs)
     elif opts.uncertainty == "profile":
         ci = _profile_ci(obj, theta, names, rss, n_obs)
     elif opts.uncertainty == "bootstrap":
         ci = _bootstrap_ci(replicates, best, probe_epochs, opts)
     tss = float(((y - y.mean()) ** 2).sum())
-    return FitResult(params=best, ci=ci, affine=(a, b), rss=rss, rms=math.sqrt(rss / n_obs),
-                     r2=1 - rss / tss if tss > 0 else float("nan"), fitted=a + b * sim + shift, measured=y + shift,
-                     target="trajectory" if traj else "final", n_evals=search.n + obj.n, converged=bool(res.success),
-                     wall_s=time.perf_counter() - t0, start=dict(start, source=source))
+    r2 = 1 - rss / tss if tss > 0 else float("nan")
+    identified = {n: is_identified(n, ci[n]) for n in names}
+    return FitResult(params=best, ci=ci, affine=(a, b), rss=rss, rms=math.sqrt(rss / n_obs), r2=r2,
+                     fitted=a + b * sim + shift, measured=y + shift, target="trajectory" if traj else "final",
+                     n_evals=search.n + obj.n, converged=converged, wall_s=time.perf_counter() - t0,
+                     start=dict(start, source=source), identified=identified, combinations=combos,
+                     flags=_flags(best, names, converged, r2, b), uncertainty=opts.uncertainty)
+
+
+def _ridge_scan(obj, theta, names, ci, cov, limit, points=17, span=1.0):
+    """Extend the intervals along the ridge of the identified parameters.
+
+    The local sandwich sees one valley; a concave curve's staircase has a long, narrow ridge
+    (``mu-> eps^-0.8`` fixed) along which the optimiser stops early and separate minima fit as
+    well. Scan ``θ̂ + t u``, ``t ∈ [−span, span]`` (log units, ``points`` points, one batched
+    simulation), ``u`` the largest-variance eigenvector of ``cov`` restricted to the identified
+    log-parameters; every scanned point with ``RSS <= limit`` is added to the intervals."""
+    idx = [i for i, n in enumerate(names) if _LOG[n] and is_identified(n, ci[n])]
+    if len(idx) < 2:
+        return ci
+    d, v = np.linalg.eigh(cov[np.ix_(idx, idx)])
+    u = np.zeros(len(names))
+    u[idx] = v[:, -1]
+    bnd = _theta_bounds(names)
+    lo_b, hi_b = np.array([b[0] for b in bnd]), np.array([b[1] for b in bnd])
+    ts = np.linspace(-span, span, points)
+    thetas = [np.clip(theta + t * u, lo_b, hi_b) for t in ts]
+    pts = [dict(obj.fixed, **_from_theta(th, names)) for th in thetas]
+    if obj.probe_epochs is not None:
+        return ci  # trajectory points need one tau per call; the scan is for final curves
+    curves = chain_curves(obj.n_blocks, pts, obj.opts)
+    ci = dict(ci)
+    for th, c in zip(thetas, curves, strict=True):
+        if affine_fit(obj.measured, c)[2] <= limit:
+            for n, val in _from_theta(th, names).items():
+                ci[n] = (min(ci[n][0], val), max(ci[n][1], val))
+    return ci
+
+
+def _profile_unidentified(y, theta, names, ci, combos, rss, dof, probe_epochs, n_blocks, opts):
+    """Widen the "mc" intervals over the directions the data do not pin.
+
+    A parameter the sandwich calls not identified may sit far along a curved ridge, where the
+    local covariance says nothing about the others. For each such parameter ``j`` (of mu->, mu<-,
+    eps) and ``opts.profile_points`` values ``v`` log-spaced over its bounds: fix ``θ_j = v``,
+    re-fit the others (least squares, ``opts.polish // 2`` evaluations), and if the profile
+    ``RSS(v) <= RSS_min (1 + F_{1,dof}(0.95) / dof)`` take the union of every interval with that
+    point's sandwich interval (the combinations likewise, ``best`` along the same exponents)."""
+    free = [i for i, n in enumerate(names) if n in PARAMS[:3] and not is_identified(n, ci[n])]
+    if not free or opts.profile_points < 1:
+        return ci, combos
+    limit = rss * (1 + stats.f.ppf(0.95, 1, dof) / dof)
+    ci = dict(ci)
+    comb = {c["name"]: dict(c) for c in combos}
+    best_name = next((c["name"] for c in combos if c["name"].startswith("best: ")), None)
+    w = np.array([_parse_power(best_name[6:]).get(n, 0.0) for n in PARAMS[:3]]) if best_name else None
+    bnd = _theta_bounds(names)
+    for i in free:
+        others = [k for k in range(len(names)) if k != i]
+        sub_names = tuple(names[k] for k in others)
+        lo_b, hi_b = np.array([bnd[k][0] for k in others]), np.array([bnd[k][1] for k in others])
+        for v in np.linspace(bnd[i][0], bnd[i][1], opts.profile_points + 2)[1:-1]:
+            fixed = {names[i]: math.exp(v) if _LOG[names[i]] else v}
+            sub = _Objective(y, n_blocks, opts, probe_epochs, sub_names, fixed=fixed)
+            x0 = np.clip(theta[others], lo_b + 1e-9, hi_b - 1e-9)
+            ls = optimize.least_squares(sub.residuals, x0, bounds=(lo_b, hi_b), method="trf", diff_step=0.01,
+                                        max_nfev=max(opts.polish // 2, 8), xtol=1e-3, ftol=1e-3)
+            if 2 * ls.cost > limit:
+                continue
+            full = theta.copy()
+            full[others] = ls.x
+            point = dict(fixed, **_from_theta(ls.x, sub_names))
+            _, b_v, rss_v = affine_fit(y, sub.curves(ls.x))
+            c_sub = _mc_uncertainty(sub, ls.x, sub_names, b_v, rss_v, dof, point, probe_epochs, n_blocks, opts)
+            cov = np.zeros((len(names), len(names)))
+            cov[np.ix_(others, others)] = c_sub
+            ci_v = _ci_from_cov(full, cov, names)
+            for n in names:
+                ci[n] = (min(ci[n][0], ci_v[n][0]), max(ci[n][1], ci_v[n][1]))
+            for c in _combinations({**_from_theta(full, names)}, full, cov, names, ci_v, w=w):
+                key = best_name if c["name"].startswith("best: ") else c["name"]
+                if key in comb:
+                    comb[key]["lo"], comb[key]["hi"] = min(comb[key]["lo"], c["lo"]), max(comb[key]["hi"], c["hi"])
+    out = []
+    for c in comb.values():
+        if c["name"] == "asymmetry":
+            c["identified"] = bool(c["identified"] and (c["hi"] - c["lo"]) / 2 <= max(0.5 * abs(c["value"]), 0.01))
+        else:
+            c["identified"] = bool(c["identified"] and c["lo"] > 0 and c["hi"] <= 10 * c["lo"])
+        if c["name"] == best_name:
+            c["identified"] = bool(c["identified"] and all(
+                is_identified(n, ci[n]) for n, e in zip(PARAMS[:3], w, strict=True) if e != 0))
+        out.append(c)
+    return ci, out
+
+
+def _mc_uncertainty(obj, theta, names, b, rss, dof, best, probe_epochs, n_blocks, opts):
+    """Log-parameter covariance of the "mc" method (see the module docstring)."""
+    jac = _residual_jacobian(obj, theta, 0.02)
+    samples = chain_samples(n_blocks, best, dataclasses.replace(opts, n_chains=opts.cov_chains,
+                                                                seed=opts.seed + 7919), probe_epochs=probe_epochs)
+    flat = samples.reshape(samples.shape[0], -1)
+    if probe_epochs is not None and opts.baseline == "initial":
+        flat = (samples - samples[:, :1]).reshape(samples.shape[0], -1)
+    sigma_fit = b * b * np.cov(flat, rowvar=False) / opts.n_chains
+    return _mc_covariance(jac, rss / dof, sigma_fit, dof)
 
 
 def _bootstrap_ci(replicates, best, probe_epochs, opts):
@@ -515,7 +924,12 @@ def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts: FitOptions = 
     noise_rank, the fitted parameters, ``{name}_lo`` / ``{name}_hi``, the derived ``asymmetry =
     mu<- − mu->`` (the ratchet gradient is ``−asymmetry/2`` per spring) and noise ``mobility =
     2 Phi(−(mu-> + mu<-)/(2 eps))`` (:func:`springblock.theory.ratchet_mobility`: how freely noise
-    moves the blocks), a, b, rss, rms, r2, fitted, measured, target, n_evals, converged, wall_s."""
+    moves the blocks), a, b, rss, rms, r2, fitted, measured, target, n_evals, converged, wall_s;
+    ``{name}_identified`` (:func:`is_identified`), the combinations' ``{c}_lo``, ``{c}_hi``,
+    ``{c}_identified`` (c = asymmetry, mobility, best; ``best_combination`` names the latter),
+    ``flags`` (``"; "``-joined :attr:`FitResult.flags`), ``n_flags`` and the booleans
+    ``flag_not_converged``, ``flag_at_bound``, ``flag_low_r2``, ``flag_no_map``. Cells may have
+    different depths (one start grid per depth)."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
@@ -527,13 +941,14 @@ def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts: FitOptions = 
     if use.empty:
         what = " and a trajectory" if target == "trajectory" else ""
         raise ValueError(f"no cell has a finite measured curve{what}")
-    n_blocks = len(use.iloc[0]["curve"]) - 1
-    start_points = start_grid(n_blocks, opts)
+    # cells of different depths: one start grid per depth (L + 1 = len(curve))
+    depths = sorted({len(c) - 1 for c in use["curve"]})
+    grids = {d: start_grid(d, opts) for d in depths}
     jobs = [dict(row=int(r["row"]), col=int(r["col"]), curve=r["curve"], trajectory=r.get("trajectory"),
                  probe_epochs=r.get("probe_epochs"), replicates=r.get("replicates")) for _, r in use.iterrows()]
     opts_d = dataclasses.asdict(opts)
     it = Parallel(n_jobs=workers, return_as="generator")(
-        delayed(_fit_cell_task)(j, opts_d, start_points, target) for j in jobs)
+        delayed(_fit_cell_task)(j, opts_d, grids[len(j["curve"]) - 1], target) for j in jobs)
     rows = list(tqdm(it, total=len(jobs), desc=f"fit ({target})", unit="cell", disable=not progress))
     out = []
     meta = use.set_index(["row", "col"])
@@ -543,15 +958,178 @@ def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts: FitOptions = 
                     noise_rank=m["noise_rank"], target=r["target"])
         for n, v in r["params"].items():
             flat[n] = v
-            flat[f"{n}_lo"], flat[f"{n}_hi"] = r["ci"][n]
+            flat[f"{n}_lo"], flat[f"{n}_hi"] = (np.nan if w is None else w for w in r["ci"][n])
+            flat[f"{n}_identified"] = bool(r["identified"][n])
         p = r["params"]
         flat["asymmetry"] = p["mu_backward"] - p["mu_forward"]
         flat["mobility"] = float(2 * special.ndtr(-(p["mu_forward"] + p["mu_backward"]) / (2 * p["eps"])))
         flat.update(a=r["affine"][0], b=r["affine"][1], rss=r["rss"], rms=r["rms"], r2=r["r2"], fitted=r["fitted"],
                     measured=r["measured"], n_evals=r["n_evals"], converged=r["converged"], wall_s=r["wall_s"],
                     start=json.dumps(r["start"]))
+        for c in r["combinations"]:
+            key = c["name"].split(":")[0]
+            flat[f"{key}_lo"], flat[f"{key}_hi"] = c["lo"], c["hi"]
+            flat[f"{key}_identified"] = bool(c["identified"])
+            if key == "best":
+                flat["best_combination"], flat["best"] = c["name"][6:], c["value"]
+        flags = list(r["flags"])
+        flat.update(flags="; ".join(flags), n_flags=len(flags), flag_not_converged="not converged" in flags,
+                    flag_at_bound=any(f.endswith("at bound") for f in flags),
+                    flag_low_r2="r2 < 0.5" in flags, flag_no_map=any(f.startswith("b = 0") for f in flags))
         out.append(flat)
     return pd.DataFrame(out)
+
+
+def load_curve_file(path, epochs=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a measured curve or trajectory from CSV, JSON or NPY; returns ``(data, probe_epochs)``.
+
+    ``data`` is ``(L+1,)`` (a final curve ``log D_0..log D_L``) or ``(n_probes, L+1)`` (probes ×
+    layers); ``probe_epochs`` comes from ``epochs`` if given, else from the file (JSON key
+    ``probe_epochs``; CSV column ``probe_epochs`` or ``epoch``), else None. JSON may be a bare
+    (nested) list, ``{"curve": [...]}``, ``{"trajectory": [[...]], "probe_epochs": [...]}`` or a
+    record of ``python -m nets train --json`` (``curve``, ``trajectory``, ``probe_epochs``): a
+    trajectory is preferred when it comes with epochs. CSV: numbers only (one row: a curve; rows:
+    probes), or a header row with an ``epoch``/``probe_epochs`` column. Raises ``ValueError``
+    (naming the file) for a missing or unreadable file, a wrong shape or non-finite values.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    file_epochs = None
+    try:
+        if suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif suffix == ".json":
+            obj = json.loads(path.read_text())
+            if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+                obj = obj[-1]  # a list of records: the last one
+            if isinstance(obj, dict):
+                traj, curve = obj.get("trajectory"), obj.get("curve")
+                file_epochs = obj.get("probe_epochs", obj.get("epochs"))
+                if traj is not None and (file_epochs is not None or epochs is not None):
+                    data = traj
+                elif curve is not None:
+                    data, file_epochs = curve, None
+                elif traj is not None:
+                    data = traj
+                else:
+                    raise ValueError("a JSON object needs a 'curve' or 'trajectory' key")
+            else:
+                data = obj
+        elif suffix == ".csv":
+            text = path.read_text().strip().splitlines()
+            first = text[0].split(",") if text else []
+            try:
+                [float(v) for v in first]
+                data = np.loadtxt(path, delimiter=",", ndmin=1)
+            except ValueError:
+                df = pd.read_csv(path)
+                key = next((c for c in ("probe_epochs", "epoch", "epochs") if c in df.columns), None)
+                if key is not None:
+                    file_epochs = df[key].to_numpy(float)
+                    df = df.drop(columns=[key])
+                data = df.to_numpy(float)
+                if data.shape[0] == 1 and file_epochs is None:
+                    data = data[0]
+        else:
+            raise ValueError(f"unknown format {suffix!r}: use .csv, .json or .npy")
+        data = np.asarray(data, dtype=float)
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path}: cannot read: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if data.ndim not in (1, 2) or data.shape[-1] < 3:
+        raise ValueError(f"{path}: expected a 1-D curve (L+1 >= 3 layers) or a 2-D (probes x layers) array, "
+                         f"got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: contains {int((~np.isfinite(data)).sum())} non-finite values (NaN or inf)")
+    ep = epochs if epochs is not None else file_epochs
+    if ep is not None:
+        ep = np.asarray(ep, dtype=float).ravel()
+        if data.ndim == 1:
+            ep = None  # a final curve needs no epochs
+        elif len(ep) != data.shape[0] or not np.all(np.isfinite(ep)):
+            raise ValueError(f"{path}: {data.shape[0]} probes but {len(ep)} epochs")
+    return data, ep
+
+
+#: Simulated truths of the coverage study, one per regime (SPEC §2.4): a pulled friction staircase
+#: (concave), a relaxed chain (linear), a ratchet (convex, mu<- > mu->).
+COVERAGE_TRUTHS = {
+    "concave": dict(mu_forward=0.12, mu_backward=0.12, eps=0.06),
+    "linear": dict(mu_forward=0.03, mu_backward=0.03, eps=0.1),
+    "convex": dict(mu_forward=0.05, mu_backward=0.15, eps=0.1),
+}
+
+
+def coverage_study(truths: dict | None = None, n_rep: int = 10, *, n_blocks: int = 7, measure_chains: int = 512,
+                   opts: FitOptions = FitOptions(), seed: int = 1, progress: bool = False) -> pd.DataFrame:
+    """Do the 95 % intervals cover the truth? Simulate each truth ``n_rep`` times with chain noise
+    the fit never sees (``measure_chains`` chains, seeds ``10_000 + seed·1000 + rep``, never the
+    fit's ``opts.seed``), put it through an unknown affine map ``log D = a + b (y − x)`` with
+    ``a ~ U(−2, 2)``, ``b ~ U(1, 5)``, fit with ``opts`` (its chain seed ``opts.seed + rep``: the
+    fit's own Monte-Carlo error is drawn afresh too) and record per parameter (and combination)
+    the estimate, interval, whether it is identified and whether it covers the truth.
+
+    Returns one row per (regime, rep, quantity): regime, rep, quantity, kind ("param" or
+    "combination"), truth, value, lo, hi, identified, covered, flags. Summarise with
+    :func:`coverage_summary`. Cost: ``len(truths) · n_rep`` fits (~3–5 s each on one core).
+    """
+    truths = COVERAGE_TRUTHS if truths is None else truths
+    rng = np.random.default_rng(seed)
+    rows = []
+    for regime, truth in truths.items():
+        for rep in range(n_rep):
+            noise = 10_000 + 1000 * seed + rep
+            if noise == opts.seed + rep:
+                noise += 1
+            sim = chain_curves(n_blocks, [truth], dataclasses.replace(opts, n_chains=measure_chains, seed=noise))[0]
+            a, b = rng.uniform(-2, 2), rng.uniform(1, 5)
+            r = fit_curve(a + b * sim, opts=dataclasses.replace(opts, seed=opts.seed + rep))
+            flags = "; ".join(r.flags)
+            for n in r.params:
+                lo, hi = r.ci[n]
+                rows.append(dict(regime=regime, rep=rep, quantity=n, kind="param", truth=truth[n],
+                                 value=r.params[n], lo=lo, hi=hi, identified=r.identified[n],
+                                 covered=bool(lo <= truth[n] <= hi), flags=flags))
+            u = (truth["mu_forward"] + truth["mu_backward"]) / (2 * truth["eps"])
+            true_c = {"asymmetry": truth["mu_backward"] - truth["mu_forward"], "mobility": float(2 * special.ndtr(-u))}
+            for c in r.combinations:
+                key = c["name"]
+                if key.startswith("best: "):
+                    w = _parse_power(key[6:])
+                    tv = math.exp(sum(e * math.log(truth[k]) for k, e in w.items()))
+                else:
+                    tv = true_c[key]
+                rows.append(dict(regime=regime, rep=rep, quantity=key.split(":")[0], kind="combination", truth=tv,
+                                 value=c["value"], lo=c["lo"], hi=c["hi"], identified=c["identified"],
+                                 covered=bool(c["lo"] <= tv <= c["hi"]), flags=flags))
+            if progress:
+                log.info("coverage %s rep %d: %s", regime, rep, {k: round(v, 4) for k, v in r.params.items()})
+    return pd.DataFrame(rows)
+
+
+def _parse_power(label: str) -> dict:
+    out = {}
+    for term in label.split():
+        name, exp = term.split("^")
+        out[name] = float(exp)
+    return out
+
+
+def coverage_summary(study: pd.DataFrame) -> pd.DataFrame:
+    """Per (regime, quantity): cases, how many identified, coverage among the identified (and among
+    all cases)."""
+    g = study.groupby(["regime", "kind", "quantity"], sort=False)
+    out = g.apply(lambda d: pd.Series(dict(
+        cases=len(d), identified=int(d["identified"].sum()),
+        covered_identified=int((d["covered"] & d["identified"]).sum()),
+        coverage_identified=float(d.loc[d["identified"], "covered"].mean()) if d["identified"].any() else np.nan,
+        coverage_all=float(d["covered"].mean()))), include_groups=False)
+    return out.reset_index()
 
 
 def fit_store(store, sweep: str | None = None, *, target: str = "final", opts: FitOptions = FitOptions(),
@@ -588,20 +1166,21 @@ def fit_trends(fits: pd.DataFrame) -> pd.DataFrame:
     each, the Spearman rank
     correlation over cells with the row value (alpha) and with the column's noise rank, the
     median per row (alpha ascending) and per column (least to most noisy), whether those medians
-    are monotone, and the fraction of cells where it is identified (95 % interval within a factor
-    10)."""
+    are monotone, and the fraction of cells where it is identified (the ``{name}_identified``
+    column, else :func:`is_identified` of the interval: inside the bounds and within a factor 10)."""
     from phase_diagrams.compare import spearman
 
     out = []
     for name in [n for n in PARAMS if n in fits.columns] + [n for n in ("asymmetry", "mobility") if n in fits]:
         by_row = fits.groupby("row_value")[name].median()
         by_col = fits.groupby("noise_rank")[name].median()
-        if f"{name}_lo" in fits:
-            lo, hi = fits[f"{name}_lo"].to_numpy(float), fits[f"{name}_hi"].to_numpy(float)
-            ident = float((np.isfinite(lo) & np.isfinite(hi) & (lo > 0) & (hi < 10 * np.where(lo > 0, lo, np.inf)))
-                          .mean())
+        if f"{name}_identified" in fits:
+            ident = float(fits[f"{name}_identified"].astype(bool).mean())
+        elif f"{name}_lo" in fits and name in _BOUNDS:
+            ident = float(np.mean([is_identified(name, (lo, hi))
+                                   for lo, hi in zip(fits[f"{name}_lo"], fits[f"{name}_hi"], strict=True)]))
         else:
-            ident = float("nan")  # derived quantity: no interval
+            ident = float("nan")  # derived quantity without an interval
 
         def monotone(v):
             d = np.diff(np.asarray(v, dtype=float))

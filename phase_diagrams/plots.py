@@ -257,6 +257,36 @@ def _save(fig, path: Path, written: list):
     plt.close(fig)
 
 
+def save_figure(fig, path) -> list[Path]:
+    """Save ``fig`` as ``path.png`` and ``path.pdf`` (then close it); returns the two paths."""
+    written: list = []
+    _save(fig, Path(path), written)
+    return written
+
+
+def plot_curve_fit(res, title: str = ""):
+    """Measured (dots) vs fitted (line) ``log D_l`` of one :class:`~phase_diagrams.fitting.FitResult`
+    (every probe of a trajectory, darker = later), with the fitted parameters, their intervals and
+    the flags in the title (red when flagged)."""
+    m, f = np.atleast_2d(np.asarray(res.measured, float)), np.atleast_2d(np.asarray(res.fitted, float))
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
+    shades = np.linspace(0.35, 1.0, m.shape[0])
+    for i in range(m.shape[0]):
+        ax.plot(np.arange(m.shape[1]), m[i], ".", color=plt.cm.Greys(shades[i]), ms=5)
+        ax.plot(np.arange(f.shape[1]), f[i], "-", color=plt.cm.Reds(shades[i]), lw=1.1)
+    ax.set_xlabel("layer l")
+    ax.set_ylabel("log D_l")
+    parts = [f"{n} {v:.3g} [{res.ci[n][0]:.2g}, {res.ci[n][1]:.2g}]{'' if res.identified.get(n) else ' (n.i.)'}"
+             for n, v in res.params.items()]
+    head = (title + "\n" if title else "") + f"R² {res.r2:.3f}; " + "; ".join(parts[:3])
+    if len(parts) > 3:
+        head += "\n" + "; ".join(parts[3:])
+    flags = "flags: " + "; ".join(res.flags) if res.flags else "no flags"
+    ax.set_title(head + "\n" + flags + "   (dots: measured, line: fitted; n.i. = not identified)", fontsize=6.5,
+                 color="C3" if res.flags else "k")
+    return fig
+
+
 def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | None = None) -> list[Path]:
     """Write every figure of a stored sweep to ``out_dir`` (PNG and PDF); return the paths.
 
@@ -320,9 +350,10 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
 
 def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noise"):
     """Fitted parameters over the grid, one heat map per parameter (log colour scale), each cell
-    annotated with its value; hatching marks a value whose 95 % interval spans more than a factor
-    10 (or reaches a bound): the data do not identify it there. ``fits``:
-    :func:`~phase_diagrams.fitting.fit_cells`."""
+    annotated with its value; ``///`` hatching marks a value the data do not identify there
+    (``{name}_identified`` False: the 95 % interval reaches a bound or spans more than a factor
+    10), ``xx`` (red) a flagged cell (not converged, a parameter at a bound, R² < 0.5, b = 0; see
+    the ``flags`` column). ``fits``: :func:`~phase_diagrams.fitting.fit_cells`."""
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
@@ -334,13 +365,18 @@ def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noi
     for ax, name in zip(axes[0], names, strict=True):
         z = np.full((len(rows), len(cols)), np.nan)
         unsure = np.zeros(z.shape, dtype=bool)
+        flagged = np.zeros(z.shape, dtype=bool)
         for a, r in enumerate(rows["row"]):
             for b, c in enumerate(cols["col"]):
                 if (r, c) in table.index:
                     cell = table.loc[(r, c)]
                     z[a, b] = cell[name]
                     lo, hi = cell[f"{name}_lo"], cell[f"{name}_hi"]
-                    unsure[a, b] = not (np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo < 10)
+                    if f"{name}_identified" in cell.index:
+                        unsure[a, b] = not bool(cell[f"{name}_identified"])
+                    else:
+                        unsure[a, b] = not (np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo < 10)
+                    flagged[a, b] = int(cell.get("n_flags", 0) or 0) > 0
         pos = z[np.isfinite(z) & (z > 0)]
         norm = LogNorm(vmin=pos.min(), vmax=max(pos.max(), pos.min() * 1.01)) if pos.size else None
         im = ax.imshow(np.where(z > 0, z, np.nan), cmap="viridis", norm=norm, aspect="auto")
@@ -350,20 +386,23 @@ def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noi
                     ax.text(b, a, f"{z[a, b]:.2g}", ha="center", va="center", fontsize=5.5, color="w")
                 if unsure[a, b]:
                     ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, hatch="///", color="0.85", lw=0))
+                if flagged[a, b]:
+                    ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, hatch="xx", color="C3", lw=0.8))
         ax.set_xticks(range(len(cols)), [_fmt(v) for v in cols["col_value"]], fontsize=6, rotation=90)
         ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows["row_value"]], fontsize=6)
         ax.set_xlabel(f"{col_label} (more noise to the left)", fontsize=7)
-        ax.set_title(f"fitted {name} / k (hatched: not identified)", fontsize=7)
+        ax.set_title(f"fitted {name} / k\n(/// not identified, red xx flagged)", fontsize=7)
         fig.colorbar(im, ax=ax, shrink=0.8)
     axes[0, 0].set_ylabel("alpha")
-    if title:
-        fig.suptitle(title, fontsize=9)
+    n_flag = int((fits["n_flags"] > 0).sum()) if "n_flags" in fits.columns else 0
+    fig.suptitle((title + "; " if title else "") + f"{n_flag} of {len(fits)} cells flagged (red xx)", fontsize=9)
     return fig
 
 
 def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "noise"):
     """Measured final ``log D_l`` (dots) and the fitted chain mapped by its affine map (line) per
-    cell, in log D units; each cell titled with its rms residual. For trajectory fits the last
+    cell, in log D units; each cell titled with its rms residual and R². A flagged cell (see the
+    ``flags`` column) is hatched red and its title names the flags. For trajectory fits the last
     probe is shown."""
     rows, cols = _order(fits)
     w, h = _size(fits, extra_w=0.8)
@@ -384,7 +423,12 @@ def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "no
                 m, f = m[-1], f[-1]
             ax.plot(np.arange(m.size), m, "k.", ms=3)
             ax.plot(np.arange(f.size), f, "-", color="C3", lw=1.1)
-            ax.set_title(f"rms {cell['rms']:.2g}", fontsize=5, pad=1)
+            flags = str(cell.get("flags", "") or "")
+            ax.set_title(f"rms {cell['rms']:.2g} R² {cell['r2']:.2f}" + (f"\n{flags}" if flags else ""), fontsize=4.5,
+                         pad=1, color="C3" if flags else "k")
+            if flags:
+                ax.patch.set_hatch("xx")
+                ax.patch.set_edgecolor("mistyrose")
             if a == len(rows) - 1:
                 ax.set_xlabel(_fmt(c["col_value"]), fontsize=7)
             if b == 0:
@@ -392,7 +436,9 @@ def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "no
     fig.text(0.5, 0.02, f"{col_label} (more noise to the left); dots: measured log D_l, line: fitted chain",
              ha="center", fontsize=8)
     fig.text(0.005, 0.5, "alpha", va="center", rotation=90, fontsize=8)
-    fig.text(0.5, 0.94, title or "measured vs fitted", ha="center", fontsize=9)
+    n_flag = int((fits["n_flags"] > 0).sum()) if "n_flags" in fits.columns else 0
+    fig.text(0.5, 0.94, (title or "measured vs fitted") + f"; {n_flag} flagged cells hatched red", ha="center",
+             fontsize=9)
     return fig
 
 
