@@ -4,7 +4,8 @@ Train the MLPs, CNNs and leaky ResNets (:mod:`nets.resnet`, with the bottleneck 
 :mod:`nets.bottleneck`) of the original noise × nonlinearity phase diagrams on real data (MNIST,
 Fashion-MNIST, CIFAR-10, Gaussian mixtures, any ``.npz``) and record the per-layer load curve
 ``log D_l`` during training. Any other ``nn.Module``: :func:`load_curve`, and
-:class:`LoadCurveRecorder` in your own training loop (``docs/your-own-network.md``). One network: :func:`train`; many at once as a batched ensemble:
+:class:`LoadCurveRecorder` in your own training loop (``docs/your-own-network.md``).
+One network: :func:`train`; many at once as a batched ensemble:
 :func:`train_ensemble`. Imports torch and numpy (never numba); the load-curve shape numbers come
 from :mod:`springblock.observables`.
 

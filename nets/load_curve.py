@@ -607,7 +607,8 @@ class LoadCurveRecorder:
     model : nn.Module
     probe_data : as ``data`` of :func:`load_curve` (the clean probe set)
     every : int
-        Probe when ``epoch % every == 0`` (``0``: only at :meth:`finish`).
+        Probe when ``epoch % every == 0`` (``0``: only at the start of a ``with`` block and at
+        :meth:`finish`).
     metadata : dict, optional
         Describes the run (model name, data set, optimiser, ...): kept in
         ``history.meta`` and written with the run by :meth:`phase_diagrams.store.Store.add_runs`.
@@ -675,6 +676,8 @@ class LoadCurveRecorder:
     def __enter__(self):
         self._t0 = time.perf_counter()
         self.step(0)
+        if not self.probe_epochs:  # every=0: still the initial curve
+            self.probe(0)
         return self
 
     def __exit__(self, exc_type, exc, tb):

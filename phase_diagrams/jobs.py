@@ -24,7 +24,8 @@ from phase_diagrams.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_runs", "sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main", "fit_job"]
+__all__ = ["add_runs", "sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main",
+           "fit_job"]
 
 #: Columns holding arrays (lists); exported as JSON text in CSV files.
 ARRAY_COLUMNS = ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve", "probe_accuracy",
