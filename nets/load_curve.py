@@ -480,19 +480,21 @@ def _curve_memory(plan: _Plan, data: _Data, n_classes, rcond):
     _run(plan, data, lambda h, y: (keep("input", h), ys.append(y)), lambda lid, h, y: keep(lid, h), True)
     y = torch.cat(ys).cpu().numpy()
     ids = ["input"] + plan.ids
-    res, finite, n_feat = [], [], []
-    k = None
-    for lid in ids:
+    res: list = [None] * len(ids)
+    finite: list = [True] * len(ids)
+    n_feat: list = [0] * len(ids)
+    groups: dict = {}  # layers of one size go through one batched call (fewer small kernels)
+    for i, lid in enumerate(ids):
         h = torch.cat(feats.pop(lid))
-        n_feat.append(int(h.shape[1]))
-        ok = bool(torch.isfinite(h).all())
-        finite.append(ok)
-        if ok:
-            res.append(probes.separation_stats(h, y, n_classes, rcond=rcond))
-        else:
-            probes.separation_stats(h[:, :0].new_zeros(len(y), 1), y, n_classes)  # label errors first
-            res.append((float("nan"), float("nan")))
-        del h
+        n_feat[i] = int(h.shape[1])
+        finite[i] = bool(torch.isfinite(h).all())
+        groups.setdefault((h.shape[1], h.dtype), []).append((i, h))
+    for items in groups.values():
+        stack = items[0][1][None] if len(items) == 1 else torch.stack([h for _, h in items])
+        d, t = probes.separation_stats_batched(stack, y, n_classes, rcond=rcond)  # NaN where not finite
+        for (i, _), di, ti in zip(items, d, t, strict=True):
+            res[i] = (float(di), float(ti))
+        del stack
     k = int(n_classes) if n_classes is not None else int(y.max()) + 1
     return res, finite, n_feat, len(y), k
 
