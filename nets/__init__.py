@@ -3,7 +3,9 @@
 Train the MLPs, CNNs and leaky ResNets (:mod:`nets.resnet`, with the bottleneck measures of
 :mod:`nets.bottleneck`) of the original noise × nonlinearity phase diagrams on real data (MNIST,
 Fashion-MNIST, CIFAR-10, Gaussian mixtures, any ``.npz``) and record the per-layer load curve
-``log D_l`` during training. One network: :func:`train`; many at once as a batched ensemble:
+``log D_l`` during training. Any other ``nn.Module``: :func:`load_curve`, and
+:class:`LoadCurveRecorder` in your own training loop (``docs/your-own-network.md``).
+One network: :func:`train`; many at once as a batched ensemble:
 :func:`train_ensemble`. Imports torch and numpy (never numba); the load-curve shape numbers come
 from :mod:`springblock.observables`.
 
@@ -14,6 +16,7 @@ Quick start::
 """
 
 from nets.data import DataNotFoundError, Dataset, fetch_mnist, load_dataset, teacher_data
+from nets.load_curve import LoadCurve, LoadCurveRecorder, load_curve
 from nets.models import CNN, MLP, EnsembleCNN, EnsembleMLP
 from nets.probes import layer_curve, log_separation, log_separation_direct, log_trace_ratio
 from nets.resnet import EnsembleLeakyResNet, LeakyResNet
@@ -39,4 +42,7 @@ __all__ = [
     "log_separation_direct",
     "log_trace_ratio",
     "layer_curve",
+    "load_curve",
+    "LoadCurve",
+    "LoadCurveRecorder",
 ]

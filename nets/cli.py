@@ -16,6 +16,17 @@ Commands
     Example (the acceptance runs, ~1 min on 2 CPU cores)::
 
         python -m nets train --alpha 0,1 --noise label=0,0.6 --seed 1
+
+``python -m nets probe --model MODULE:FACTORY [--weights CKPT] (--dataset NAME | --npz FILE) [--layers A,B] [--json]``
+    The load curve of your own model (:func:`nets.load_curve`). ``MODULE`` is an importable
+    module or a ``.py`` file, ``FACTORY`` a callable in it that returns the ``nn.Module`` (called
+    without arguments); ``--weights`` a ``torch.save``-d state dict (or a dict holding one under
+    ``"state_dict"``). Data: a data set of :func:`nets.load_dataset` (``--split train|test``,
+    ``--n-train``, ``--image-size``; native size by default) or an ``.npz`` with ``x`` and ``y``.
+    ``--layers``: comma-separated module names or ``nn.TypeName`` entries (default: every
+    activation module, else every top-level block). Prints the curve and its summary; ``--json``
+    one strict-JSON object with ``curve``, ``trace_ratio_curve``, ``layers``, ``summary``
+    (what ``python -m phase_diagrams fit --curve FILE`` reads). ~5 s for a small MLP on 2560 MNIST images.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import torch
 from nets.data import DataNotFoundError, fetch_mnist
 from nets.train import TrainConfig, config_grid, train, train_ensemble
 
-__all__ = ["main", "NOISE_KEYS", "parse_field_value"]
+__all__ = ["main", "NOISE_KEYS", "parse_field_value", "load_factory"]
 
 #: Short names of the noise axes accepted by ``--noise KEY=VALUE``.
 NOISE_KEYS = {
@@ -102,7 +113,26 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-members", type=int, default=None, help="largest batched ensemble")
     t.add_argument("--json", action="store_true", help="print one JSON record per run")
     t.add_argument("--out", default=None, help="also write the JSON records (one per line) here")
-    for q in (f, t):
+    pr = sub.add_parser("probe", help="load curve of your own model (module:factory)")
+    pr.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                    help="importable module or .py file, and a callable returning the nn.Module")
+    pr.add_argument("--weights", default=None, help="state dict saved with torch.save")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", default=None, help="mnist | fashion-mnist | cifar10 | gaussian (nets.load_dataset)")
+    src.add_argument("--npz", default=None, help=".npz file with arrays x and y")
+    pr.add_argument("--split", default="train", choices=("train", "test"))
+    pr.add_argument("--n-train", default="2560", help="training subset size (default 2560; none: all)")
+    pr.add_argument("--image-size", default="none", help="resize images (default none: native size)")
+    pr.add_argument("--data-root", default=None, help="source directory of fashion-mnist / cifar10")
+    pr.add_argument("--cache", default=None, help="MNIST cache dir")
+    pr.add_argument("--layers", default=None, help="comma-separated module names or nn.TypeName")
+    pr.add_argument("--route", default="auto", choices=("auto", "stream", "memory"))
+    pr.add_argument("--mode", default="eval", choices=("eval", "train"))
+    pr.add_argument("--batch-size", type=int, default=512)
+    pr.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    pr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    pr.add_argument("--json", action="store_true", help="print one strict-JSON object")
+    for q in (f, t, pr):
         q.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -146,12 +176,14 @@ def main(argv=None) -> int:
             return 0
         if args.threads is not None:
             torch.set_num_threads(args.threads)
+        if args.command == "probe":
+            return _probe(args)
         configs = config_grid(**_axes(args))
         if len(configs) == 1:
             hists = [train(configs[0], cache_dir=args.cache)]
         else:
             hists = train_ensemble(configs, cache_dir=args.cache, max_members=args.max_members)
-    except (ValueError, DataNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, DataNotFoundError, RuntimeError, ImportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     records = [h.to_record() for h in hists]
@@ -164,4 +196,87 @@ def main(argv=None) -> int:
     else:
         for r in records:
             print(_summary_line(r))
+    return 0
+
+
+def load_factory(spec: str):
+    """The callable named by ``MODULE:FACTORY`` (``MODULE`` importable, or a path to a ``.py`` file)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    if ":" not in spec:
+        raise ValueError(f"--model expects MODULE:FACTORY (e.g. mypkg.models:make_cnn), got {spec!r}")
+    mod_name, _, attr = spec.rpartition(":")
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model: no file {mod_name!r}")
+        sp = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(sp)
+        sp.loader.exec_module(module)
+    else:
+        module = importlib.import_module(mod_name)
+    if not hasattr(module, attr):
+        raise ValueError(f"--model: {mod_name} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def _layers_arg(text):
+    if text is None:
+        return None
+    out = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item.startswith("nn."):
+            t = getattr(torch.nn, item[3:], None)
+            if not isinstance(t, type):
+                raise ValueError(f"--layers: torch.nn has no module type {item[3:]!r}")
+            out.append(t)
+        else:
+            out.append(item)
+    if any(isinstance(v, type) for v in out) and not all(isinstance(v, type) for v in out):
+        raise ValueError("--layers: give either module names or nn.TypeName entries, not both")
+    return tuple(out) if out and isinstance(out[0], type) else out
+
+
+def _probe(args) -> int:
+    import numpy as np
+
+    from nets.data import load_dataset
+    from nets.load_curve import load_curve
+    from nets.train import resolve_device
+
+    model = load_factory(args.model)()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"--model {args.model} returned {type(model).__name__}, not a torch.nn.Module")
+    if args.weights:
+        state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    model.to(resolve_device(args.device))
+    if args.npz:
+        with np.load(args.npz) as z:
+            keys = ("x", "y") if "x" in z else ("x_train", "y_train")
+            if keys[0] not in z or keys[1] not in z:
+                raise ValueError(f"--npz {args.npz}: needs arrays x and y (has {', '.join(z.files)})")
+            x, y = z[keys[0]], z[keys[1]]
+        name = args.npz
+    else:
+        ds = load_dataset(args.dataset, root=args.data_root, cache_dir=args.cache,
+                          image_size=parse_field_value("image_size", args.image_size),
+                          n_train=parse_field_value("n_train", args.n_train))
+        x, y = (ds.x_train, ds.y_train) if args.split == "train" else (ds.x_test, ds.y_test)
+        name = f"{args.dataset} ({args.split}, {len(y)} samples)"
+    lc = load_curve(model, (np.asarray(x), np.asarray(y)), layers=_layers_arg(args.layers), batch_size=args.batch_size,
+                    route=args.route, mode=args.mode)
+    if args.json:
+        print(json.dumps(lc.to_dict(), allow_nan=False))
+        return 0
+    print(f"{args.model} on {name}: {len(lc.layers) - 1} hidden layers, route {lc.route}")
+    print(f"{'layer':<28s} {'p':>8s} {'log D':>10s} {'log trW/trB':>12s}")
+    for n_, p, d, t in zip(lc.layers, lc.n_features, lc.curve, lc.trace_ratio_curve, strict=True):
+        print(f"{n_:<28s} {p:>8d} {d:>10.4f} {t:>12.4f}")
+    s = lc.summary
+    print(f"v={s['linearity']:.4f} c={s['curvature']:+.4f} c/sum={s['normalized_curvature']:+.4f} {s['regime']}")
     return 0

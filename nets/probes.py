@@ -42,6 +42,7 @@ __all__ = [
     "separation_stats_batched",
     "layer_curve",
     "curve_summary",
+    "StreamingSeparation",
 ]
 
 #: Relative cutoff on the singular values of M (``s <= RCOND * s_max`` are dropped).
@@ -98,6 +99,25 @@ def _validate_rcond(rcond):
 _CHUNK_VALUES = 1 << 19
 
 
+def _between(sums: torch.Tensor, counts: torch.Tensor, n: int, rcond: float):
+    """Between-class quantities from float64 class sums ``(E, K, p)`` and counts ``(K,)``.
+
+    Returns ``(finite (E,), means (E, K, p), M (E, p, K), singular values (E, r), U_r S_r⁻¹
+    (E, p, r))``. A set whose sums are not finite (non-finite features) is zeroed and flagged.
+    """
+    dev = sums.device
+    finite = torch.isfinite(sums).reshape(sums.shape[0], -1).all(1)
+    if not bool(finite.all()):
+        sums = torch.where(finite[:, None, None], sums, torch.zeros((), dtype=sums.dtype, device=dev))
+    means = sums / counts[:, None]  # (E, K, p)
+    gmean = sums.sum(1, keepdim=True) / n
+    m = ((means - gmean) * torch.sqrt(counts / n)[:, None]).transpose(1, 2)  # (E, p, K)
+    u, sv, _ = torch.linalg.svd(m, full_matrices=False)  # (E, p, r), (E, r)
+    keep = sv > rcond * sv[:, :1]
+    inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+    return finite, means, m, sv, u * inv[:, None, :]  # proj (E, p, r): columns U_r S_r^-1
+
+
 def _stats(h: torch.Tensor, labels, n_classes, rcond: float):
     """``D`` and the traces for ``E`` feature sets ``h`` ``(E, N, p)`` sharing one label vector.
 
@@ -119,16 +139,7 @@ def _stats(h: torch.Tensor, labels, n_classes, rcond: float):
     # A set has a non-finite feature iff its float64 class sums do (no finite float32 sum
     # overflows in float64): cheaper than scanning the features. Such sets are zeroed before the
     # SVD and reported as NaN; the others are unaffected.
-    finite = torch.isfinite(sums).reshape(e, -1).all(1)
-    if not bool(finite.all()):
-        sums = torch.where(finite[:, None, None], sums, torch.zeros((), dtype=sums.dtype, device=dev))
-    means = sums / counts[:, None]  # (E, K, p)
-    gmean = sums.sum(1, keepdim=True) / n
-    m = ((means - gmean) * torch.sqrt(counts / n)[:, None]).transpose(1, 2)  # (E, p, K)
-    u, sv, _ = torch.linalg.svd(m, full_matrices=False)  # (E, p, r), (E, r)
-    keep = sv > rcond * sv[:, :1]
-    inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
-    proj = u * inv[:, None, :]  # (E, p, r): columns U_r S_r^-1
+    finite, means, m, sv, proj = _between(sums, counts, n, rcond)
     tw = torch.zeros(e, dtype=torch.float64, device=dev)
     d = torch.zeros(e, dtype=torch.float64, device=dev)
     for a, b in spans:
@@ -279,3 +290,121 @@ def curve_summary(curve, tol: float = observables.REGIME_TOL) -> dict:
     """Shape numbers of one load curve (``springblock.observables.curve_summary``): the curve,
     loads ``d_l``, linearity ``v``, curvature ``c = d_1 − d_L``, ``c / Σ d``, regime label."""
     return observables.curve_summary(curve, tol)
+
+
+class StreamingSeparation:
+    """``(log D, log tr Σ_w − log tr Σ_b)`` of one feature set seen in batches: exact, two passes.
+
+    Pass 1 (:meth:`add_means`) accumulates the float64 class sums and counts; :meth:`freeze`
+    forms ``M`` and the projection ``U_r S_r⁻¹`` (same cutoff as :func:`log_separation`); pass 2
+    (:meth:`add_residuals`, the same samples again, in any order and batching) accumulates
+    ``‖R‖²_F`` and ``‖R U_r S_r⁻¹‖²_F`` from the within-class residuals of each batch. Memory
+    ``O(p K + B p)`` for batches of ``B`` rows of ``p`` features; the result equals
+    :func:`separation_stats` on the stacked features to float64 rounding.
+
+    Parameters
+    ----------
+    n_classes : int, optional
+        ``K``; default ``max(label) + 1`` over pass 1.
+    rcond : float
+        Pseudo-inverse cutoff relative to the largest singular value of ``M``.
+    """
+
+    def __init__(self, n_classes: int | None = None, *, rcond: float = RCOND):
+        _validate_rcond(rcond)
+        self.n_classes = n_classes
+        self.rcond = rcond
+        self.n = 0
+        self._sums: torch.Tensor | None = None
+        self._counts: torch.Tensor | None = None
+        self._frozen = None
+        self._tw = self._d = None
+        self._n2 = 0
+
+    @staticmethod
+    def _rows(h: torch.Tensor) -> torch.Tensor:
+        h = h.detach()
+        return h.reshape(h.shape[0], -1)
+
+    def add_means(self, h: torch.Tensor, y: torch.Tensor) -> None:
+        """Pass 1: features ``(B, ...)`` (flattened per sample) and int labels ``(B,)`` (same device)."""
+        if self._frozen is not None:
+            raise RuntimeError("add_means after freeze(): the class means are already fixed")
+        h = self._rows(h)
+        k_need = int(y.max()) + 1 if y.numel() else 0
+        if self._sums is None:
+            k0 = max(k_need, self.n_classes or 0)
+            self._sums = torch.zeros(k0, h.shape[1], dtype=torch.float64, device=h.device)
+            self._counts = torch.zeros(k0, dtype=torch.float64, device=h.device)
+        elif h.shape[1] != self._sums.shape[1]:
+            raise ValueError(f"features changed size between batches: {self._sums.shape[1]} then {h.shape[1]}")
+        if k_need > self._sums.shape[0]:
+            grow = k_need - self._sums.shape[0]
+            self._sums = torch.cat([self._sums, self._sums.new_zeros(grow, self._sums.shape[1])])
+            self._counts = torch.cat([self._counts, self._counts.new_zeros(grow)])
+        self._sums.index_add_(0, y, h.to(torch.float64))
+        self._counts.index_add_(0, y, torch.ones(len(y), dtype=torch.float64, device=h.device))
+        self.n += len(y)
+
+    def freeze(self) -> None:
+        """End of pass 1: check the classes and form the between-class projection."""
+        if self._sums is None:
+            raise ValueError("no samples were given")
+        counts = self._counts.cpu().numpy().astype(np.int64)
+        k = len(counts) if self.n_classes is None else int(self.n_classes)
+        if len(counts) > k:
+            raise ValueError(f"label {len(counts) - 1} out of range for n_classes={k}")
+        if k < 2:
+            raise ValueError(f"need at least 2 classes, got n_classes={k} (every label is {k - 1})")
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            raise ValueError(f"class(es) {empty.tolist()} have no samples among the {self.n} given")
+        if self.n <= k:
+            raise ValueError(f"need more samples than classes, got N={self.n} <= K={k}")
+        finite, means, m, sv, proj = _between(self._sums[None], self._counts, self.n, self.rcond)
+        self._frozen = (finite, means[0], m, sv, proj[0])
+        self._tw = torch.zeros((), dtype=torch.float64, device=self._sums.device)
+        self._d = torch.zeros((), dtype=torch.float64, device=self._sums.device)
+
+    @property
+    def n_features(self) -> int:
+        """``p`` (0 before the first batch)."""
+        return 0 if self._sums is None else int(self._sums.shape[1])
+
+    @property
+    def n_classes_used(self) -> int:
+        """``K`` (after :meth:`freeze`)."""
+        return int(self.n_classes) if self.n_classes is not None else int(self._sums.shape[0])
+
+    @property
+    def finite(self) -> bool:
+        """Whether the features of pass 1 were all finite (call after :meth:`freeze`)."""
+        return bool(self._frozen[0][0])
+
+    def add_residuals(self, h: torch.Tensor, y: torch.Tensor) -> None:
+        """Pass 2: the same samples as pass 1 (any order and batching)."""
+        if self._frozen is None:
+            self.freeze()
+        if not self.finite:
+            self._n2 += len(y)
+            return
+        means, proj = self._frozen[1], self._frozen[4]
+        r = self._rows(h).to(torch.float64) - means[y]
+        self._tw += (r * r).sum()
+        z = r @ proj
+        self._d += (z * z).sum()
+        self._n2 += len(y)
+
+    def result(self) -> tuple[float, float]:
+        """``(log D, log tr Σ_w − log tr Σ_b)``; NaN for non-finite features or coincident class
+        means, ``-inf`` for collapsed classes (as :func:`separation_stats_batched`)."""
+        if self._frozen is None:
+            raise RuntimeError("result() before the two passes")
+        if self._n2 != self.n:
+            raise ValueError(f"pass 2 saw {self._n2} samples, pass 1 saw {self.n}: both passes must visit the "
+                             "same samples (a shuffling loader is fine, random augmentation or a changing "
+                             "data set is not)")
+        finite, _, m, sv, _ = self._frozen
+        tb = (m * m).sum((1, 2))
+        log_d, log_t = _logs((self._d / self.n)[None], (self._tw / self.n)[None], tb, finite, sv[:, 0])
+        return float(log_d[0]), float(log_t[0])

@@ -288,9 +288,13 @@ class History:
         :func:`nets.bottleneck.layer_measures` at the final probe (leaky ResNet).
     bottleneck_trajectory : list of dict or None
         ``{"epoch", "coi", "k_hat", "kinetic", "speed"}`` at every probe (``probe_bottleneck``).
+    meta : dict or None
+        A run recorded outside :func:`train` (:class:`nets.LoadCurveRecorder`; then ``config`` is
+        None): what describes it (model class, layer names, the user's metadata). Written by
+        :meth:`to_record` in place of the config fields.
     """
 
-    config: TrainConfig
+    config: TrainConfig | None
     status: str
     epochs_run: int
     probe_epochs: np.ndarray
@@ -309,6 +313,7 @@ class History:
     rho_trajectory: list | None = None
     bottleneck: dict | None = None
     bottleneck_trajectory: list | None = None
+    meta: dict | None = None
 
     @property
     def final_curve(self) -> np.ndarray:
@@ -320,10 +325,13 @@ class History:
         return probes.curve_summary(self.final_curve)
 
     def to_record(self) -> dict:
-        """One flat dict of JSON-able values: every config field, the status, the final curve
+        """One flat dict of JSON-able values: every config field (or the ``meta`` of an outside
+        run), the status, the final curve
         and its shape numbers (loads, linearity, curvature, normalized_curvature, regime), the
         trajectories as lists of lists, probe epochs, losses, accuracies and wall time."""
-        rec = self.config.to_dict()
+        rec = self.config.to_dict() if self.config is not None else {}
+        if self.meta is not None:
+            rec.update(self.meta)
         s = self.summary()
         rec.update(
             status=self.status,

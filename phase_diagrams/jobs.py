@@ -25,8 +25,8 @@ from phase_diagrams.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main", "fit_job",
-           "calibrate_job", "calibrated_rows", "CALIBRATED"]
+__all__ = ["add_runs", "sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main",
+           "fit_job", "calibrate_job", "calibrated_rows", "CALIBRATED"]
 
 #: The simulated preset under which a sweep's calibrated chain is stored.
 CALIBRATED = "calibrated"
@@ -62,6 +62,18 @@ def sweep_and_simulate(spec, store, *, simulate: bool = True, **run_kw):
         simulate_for_spec(spec, store)
         log.info("simulated counterpart (%d presets) in %.1f s", len(spec.simulator.presets), time.perf_counter() - t0)
     return report
+
+
+def add_runs(store, sweep: str, histories, cells, *, simulate: bool = True, **kw) -> GridSpec:
+    """:meth:`Store.add_runs` (outside runs, e.g. :class:`nets.LoadCurveRecorder` histories), then
+    the simulated counterpart of every cell when the synthetic spec has friction presets, so that
+    :func:`compare_store`, :func:`~phase_diagrams.plots.plot_all`, :func:`fit_job` and
+    :func:`export` work on the sweep. ``kw``: ``row_field``, ``col_field``, ``metadata``, ``simulator``."""
+    store = _store(store)
+    spec = store.add_runs(sweep, histories, cells, **kw)
+    if simulate and spec.simulator.presets:
+        simulate_for_spec(spec, store)
+    return spec
 
 
 def compare_store(store, sweep: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

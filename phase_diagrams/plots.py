@@ -310,7 +310,11 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
     col = spec.columns.field
     rl = ROW_LABELS.get(spec.rows.field, spec.rows.field)
     written: list[Path] = []
-    _save(plot_measured_grid(cells, f"{sweep}: measured load curves ({spec.train.model}, {spec.train.dataset})",
+    what = f"{spec.train.model}, {spec.train.dataset}"
+    if "source" in runs.columns and (runs["source"] == "outside").all():  # Store.add_runs
+        names = [str(v) for col in ("model", "model_class") if col in runs.columns for v in runs[col] if v is not None]
+        what = "outside runs: " + "/".join(dict.fromkeys(names[:1] or ["own model"]))
+    _save(plot_measured_grid(cells, f"{sweep}: measured load curves ({what})",
                              col, row_label=rl), out / f"{sweep}_measured", written)
     _save(plot_heatmap(cells, title=f"{sweep}: measured c / Σd", col_label=col, row_label=spec.rows.field),
           out / f"{sweep}_measured_curvature", written)

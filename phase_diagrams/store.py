@@ -17,6 +17,8 @@ owner, host, pid, finished_at)``
     Tasks a runner is working on. A claim is live while its runner's process is alive (same
     host) or, for another host, while it is younger than the lease (runners refresh their
     claims); stale claims are taken over, so a killed runner's tasks run again on resume.
+Outside runs (:meth:`Store.add_runs`): histories trained elsewhere, under a synthetic sweep
+spec and keys ``outside-<hash>``, with ``source = "outside"`` in their config.
 ``fits(sweep, row, col, target, fit, options, finished_at)``
     Spring-block parameters fitted to a cell (:mod:`phase_diagrams.fitting`), the fit as JSON.
 ``simulated(key, sweep, preset, row, col, alpha, col_value, eps, mu_forward, mu_backward,
@@ -383,6 +385,127 @@ class Store:
             con.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))
         return written
 
+    # -------------------------------------------------------------------------------------
+    # outside runs
+    def add_runs(self, sweep: str, histories, cells, *, row_field: str = "alpha", col_field: str = "label_noise",
+                 metadata: dict | None = None, simulator: dict | None = None):
+        """Record runs trained outside the package (e.g. :class:`nets.LoadCurveRecorder`
+        histories) as the sweep ``sweep``, so that plot, compare, fit and export work on them.
+
+        Parameters
+        ----------
+        histories : sequence of :class:`nets.History`
+            From :attr:`nets.LoadCurveRecorder.history` (or :func:`nets.train`).
+        cells : sequence of ``(row_value, col_value, seed)``, one per history
+            Where each run sits in the grid; the axes are ``row_field`` × ``col_field``, each a
+            :class:`nets.TrainConfig` field (default: LeakyReLU slope alpha × label noise, the
+            original phase diagram) whose values must be valid for that field.
+        metadata : dict, optional
+            JSON-able description common to all runs (model, data, optimiser...). Stored with each
+            run's config, next to the history's own ``meta`` and the cell values; the runs table
+            (:meth:`runs`) shows each key as a column. Training-config columns an outside run does
+            not set are None (not the training defaults).
+        simulator : dict, optional
+            ``[simulator]`` entries of the synthetic spec. Default: the friction presets when the
+            rows are alpha and the columns a noise axis, else none (then there is no comparison).
+
+        Returns
+        -------
+        GridSpec
+            The synthetic spec registered for the sweep: rows and columns hold the values of
+            ``cells`` (sorted), ``train.depth`` the number of hidden layers ``L`` of the curves
+            (the chain of the simulated counterpart has ``L`` blocks). Adding runs to an existing
+            outside sweep extends its axes; a cell and seed already stored keeps its first result.
+            Every curve of one cell must have the same depth.
+
+        Keys are ``"outside-"`` + a hash of (sweep, row value, column value, seed): outside runs never
+        share results with trained tasks.
+        """
+        import hashlib
+
+        from phase_diagrams.spec import NOISE_DIRECTION, spec_from_dict, spec_to_toml
+
+        histories, cells = list(histories), [tuple(c) for c in cells]
+        if len(histories) != len(cells):
+            raise ValueError(f"{len(histories)} histories but {len(cells)} cells: give one (row_value, col_value, "
+                             "seed) per history")
+        if not histories:
+            raise ValueError("no histories to add")
+        for n, c in enumerate(cells):
+            if len(c) != 3:
+                raise ValueError(f"cells[{n}] = {c!r}: expected (row_value, col_value, seed)")
+        depths = [len(h.final_curve) - 1 for h in histories]
+        by_cell: dict = {}
+        for (rv, cv, _), d in zip(cells, depths, strict=True):
+            if by_cell.setdefault((rv, cv), d) != d:
+                raise ValueError(f"cell ({row_field}={rv!r}, {col_field}={cv!r}) has curves of {by_cell[(rv, cv)]} and "
+                                 f"{d} hidden layers: runs averaged in one cell need the same depth")
+        old = None
+        rows_v, cols_v, seeds = [c[0] for c in cells], [c[1] for c in cells], [int(c[2]) for c in cells]
+        if sweep in self.sweeps():
+            keys = [r[0] for r in self._query("SELECT key FROM sweep_tasks WHERE sweep = ?", (sweep,))]
+            if not all(k.startswith("outside-") for k in keys):
+                raise ValueError(f"sweep {sweep!r} in {self.path} was trained by a sweep spec; add outside runs "
+                                 "under another name")
+            old = self.sweep_spec(sweep)
+            if (old.rows.field, old.columns.field) != (row_field, col_field):
+                raise ValueError(f"sweep {sweep!r} has axes {old.rows.field} x {old.columns.field}, not "
+                                 f"{row_field} x {col_field}")
+            rows_v, cols_v, seeds = (list(old.rows.values) + rows_v, list(old.columns.values) + cols_v,
+                                     list(old.seeds) + seeds)
+            depths.append(old.train.depth)
+
+        def uniq(vals):
+            return sorted(dict.fromkeys(vals), key=lambda v: (v is None, v if v is not None else 0))
+
+        counts = np.bincount(depths)
+        sim = dict(simulator) if simulator is not None else (
+            {} if row_field == "alpha" and col_field in NOISE_DIRECTION else {"presets": []})
+        spec = spec_from_dict(dict(
+            name=sweep, seeds=uniq(seeds), ensemble_size=1,
+            train=dict(depth=int(counts.argmax()), epochs=max(1, max(int(h.epochs_run) for h in histories)),
+                       probe_every=0),
+            rows=dict(field=row_field, values=uniq(rows_v)), columns=dict(field=col_field, values=uniq(cols_v)),
+            simulator=sim), source=f"outside sweep {sweep!r}")
+        row_of = {v: i for i, v in enumerate(spec.rows.values)}
+        col_of = {v: j for j, v in enumerate(spec.columns.values)}
+        base = dict(metadata or {})
+        tasks, records = [], []
+        for h, (rv, cv, seed) in zip(histories, cells, strict=True):
+            rec = h.to_record()
+            config = h.config.to_dict() if h.config is not None else {}
+            config.update(h.meta or {})
+            config.update(base)
+            config.update({row_field: spec.rows.values[row_of[rv]], col_field: spec.columns.values[col_of[cv]],
+                           "seed": int(seed), "source": "outside", "depth": len(h.final_curve) - 1})
+            try:
+                blob = json.dumps(dict(sweep=sweep, row=config[row_field], col=config[col_field], seed=int(seed)),
+                                  sort_keys=True)
+                json.dumps(config)
+            except TypeError as err:
+                raise ValueError(f"metadata must be JSON-able: {err}") from None
+            key = "outside-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+            result = {k: v for k, v in rec.items() if k not in config}
+            result.update(config=config, status="diverged" if h.status == "diverged" else "done",
+                          train_status=h.status)
+            tasks.append((sweep, key, row_of[rv], col_of[cv], json.dumps(spec.rows.values[row_of[rv]]),
+                          json.dumps(spec.columns.values[col_of[cv]]), int(seed)))
+            records.append((key, result))
+        text = spec_to_toml(spec)
+        with self._tx() as con:
+            if old is None:
+                con.execute("INSERT INTO sweeps VALUES (?, ?, ?)", (sweep, text, time.time()))
+            else:  # extended axes: re-index the stored tasks
+                con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = ?", (text, sweep))
+                for key, rv, cv in con.execute("SELECT key, row_value, col_value FROM sweep_tasks WHERE sweep = ?",
+                                               (sweep,)).fetchall():
+                    con.execute("UPDATE sweep_tasks SET row = ?, col = ? WHERE sweep = ? AND key = ?",
+                                (row_of[json.loads(rv)], col_of[json.loads(cv)], sweep, key))
+            con.executemany("INSERT OR IGNORE INTO sweep_tasks VALUES (?, ?, ?, ?, ?, ?, ?)", tasks)
+        for key, rec in records:
+            self.write_result(key, rec)
+        return spec
+
     def runs(self, sweep: str | None = None, *, with_arrays: bool = True) -> pd.DataFrame:
         """Tidy table: one row per (sweep task) with a result.
 
@@ -414,7 +537,8 @@ class Store:
         for name in dict.fromkeys([k for c in configs for k in c] + list(LEGACY_DEFAULTS)):
             col = name if name not in df.columns else f"cfg_{name}"
             default = LEGACY_DEFAULTS.get(name, _config_defaults().get(name))
-            df[col] = configs.map(lambda c, n=name, d=default: c.get(n, d))
+            # an outside run (add_runs) has no training config: what it does not set stays None
+            df[col] = configs.map(lambda c, n=name, d=default: c.get(n, None if c.get("source") == "outside" else d))
         if with_arrays:
             results = df["result"].map(lambda s: json.loads(s) if s else {})
             for name in ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve",
