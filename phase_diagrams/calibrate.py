@@ -30,11 +30,10 @@ The emulator (:class:`Emulator`)
     ``(mu->, mu<-, eps, lam)`` (log-spaced friction and noise, ``CalibrationOptions.grid``), all with
     the same chain noise (common random numbers, so the table is smooth in its parameters), records
     the ensemble-mean ``y − x_l`` at log-spaced times up to ``t_max``, and interpolates
-    multilinearly (in the logs of mu and eps, linearly in lam and log t). Chains are kept in
-    ``groups`` groups of equal size, so a bootstrap over chain groups measures the Monte-Carlo
-    error of the ensemble. The table is cached on disk (``$SPRINGBLOCK_CACHE`` or
-    ``~/.cache/springblock``), keyed by its options. Reported predictions (:meth:`Calibration.predict`)
-    are direct simulations at the fitted map with fresh chain noise, not the emulator.
+    multilinearly (in the logs of mu and eps, linearly in lam and log t). The table is cached on
+    disk (``$SPRINGBLOCK_CACHE`` or ``~/.cache/springblock``), keyed by its options. Reported
+    predictions (:meth:`Calibration.predict`) are direct simulations at the fitted map with fresh
+    chain noise, not the emulator.
 The objective
     For the cells used, with the per-cell mean over seeds of the final curve ``m_c`` (log D_0..L),
     the probe trajectory's change since the first probe ``Δ_c(e) = log D(e) − log D(0)``, and the
@@ -53,17 +52,21 @@ The search
     population, Sobol start, seeded) over the knobs on the emulator, then Nelder–Mead from its best
     point; ``restarts`` independent searches, the best kept (the objective has several basins: one
     search of 40 generations landed in a basin 25–90 % worse in 2 of 3 seeds on the label-noise panel).
+    Then a bounded least-squares polish of the same objective by *direct* simulation (common random
+    numbers, ``polish_chains`` chains): the emulator's interpolation error (≈ 0.015 in y − x on a
+    13-point grid, 7 × the chains' Monte-Carlo error) biased the knobs by several of their standard
+    errors on simulated truths; the polish removes it.
 Uncertainty
-    A parametric bootstrap that counts the measurement's noise, the chain's Monte-Carlo error and
-    the emulator's interpolation error: each replicate's data are the chain of the fitted map,
-    simulated directly with fresh noise, put through each cell's fitted affine map, plus the
-    measured seed deviations of each cell resampled with replacement; the replicate is refitted on
-    the emulator with its chain groups resampled, from the fit. The emulator's error at the fit
-    (direct simulation against emulator, in log D units) is added to each replicate's cell means as
-    independent Gaussian noise of the same size. The emulator's interpolation bias
-    shows up as the replicates' shift from the fit, so the intervals are *basic* bootstrap intervals
-    ``2 θ̂ − q_97.5 … 2 θ̂ − q_2.5`` (in the search coordinates), which subtract it. A knob whose
-    interval reaches its search bound (within 2 % of the range) is reported as not identified.
+    Wald intervals ``θ̂ ± 1.96 se`` in the search coordinates (logs for levels, exponents and tau)
+    from the polish's Jacobian ``J`` of the residuals: the cluster-robust sandwich over cells
+    ``A⁻¹ (Σ_c g_c g_cᵀ) A⁻¹ · C/(C − p)`` (``A = JᵀJ``, ``g_c = J_cᵀ r_c``; each cell an
+    independent cluster, so seed noise and misfit count at their observed size) plus the Monte-Carlo
+    error of the fit's own chains, ``A⁻¹ Jᵀ S J A⁻¹`` with ``S`` the covariance of the residuals over
+    ``mc_seeds`` independent chain seeds. A knob whose interval reaches its search bound (within 2 %
+    of the range) is reported as not identified; so is a knob whose true value sits on a bound
+    (e.g. no noise decay, ``lam = 0``), where a Wald interval is not valid. The map's bands
+    (:meth:`Calibration.map_curves`) are percentiles of the map over ``n_draws`` draws of the knobs
+    from ``N(θ̂, cov)``.
 Scores (:meth:`Calibration.scores`)
     Each a refit from scratch on part of the data, judged on the rest, next to the ceiling (each
     seed against the mean of the other seeds, :func:`phase_diagrams.compare.seed_ceiling`):
@@ -131,8 +134,8 @@ class CalibrationOptions:
     lams: tuple = (0.0, 0.015, 0.04)   # emulator noise-decay values
     t_max: float = 200.0               # emulator horizon (simulation time)
     n_times: int = 48                  # emulator record times, log-spaced in (0, t_max]
-    n_chains: int = 64                 # emulator chains per point ...
-    groups: int = 8                    # ... in this many groups (bootstrap of the chain noise)
+    n_chains: int = 64                 # emulator chains per point
+    polish_chains: int = 256           # chains per cell of the direct-simulation polish and its intervals
     eta: float = 0.01                  # chain time step
     seed: int = 0                      # emulator chain noise
     predict_chains: int = 256          # chains of a reported prediction (fresh noise: seed + 1)
@@ -146,12 +149,12 @@ class CalibrationOptions:
     polish_sims: int = 80              # direct simulations of the least-squares polish (and its Jacobian)
     mc_seeds: int = 4                  # independent chain seeds for the Monte-Carlo part of the intervals
     n_draws: int = 200                 # draws from the knobs' normal approximation (the bands of map_curves)
-    search_seed: int = 0               # seed of the search and the bootstrap
+    search_seed: int = 0               # seed of the search and of the draws
     tol: float = REGIME_TOL            # regime threshold on |c/Σd|
     cache_dir: str | None = None       # emulator cache (default $SPRINGBLOCK_CACHE or ~/.cache/springblock)
 
     def __post_init__(self):
-        for name in ("grid", "n_times", "n_chains", "groups", "popsize", "maxiter", "polish_fev", "polish_sims",
+        for name in ("grid", "n_times", "n_chains", "polish_chains", "popsize", "maxiter", "polish_fev", "polish_sims",
                      "n_draws"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 2:
@@ -160,8 +163,6 @@ class CalibrationOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"CalibrationOptions.{name}={v!r}: must be an integer >= 1")
-        if self.n_chains % self.groups:
-            raise ValueError(f"CalibrationOptions.n_chains={self.n_chains} must be a multiple of groups={self.groups}")
         for name in ("mu_range", "eps_range"):
             lo, hi = getattr(self, name)
             if not (0 < lo < hi and math.isfinite(hi)):
@@ -237,8 +238,7 @@ class Emulator:
 
     def __init__(self, n_blocks: int, opts: CalibrationOptions, table: np.ndarray, times: np.ndarray):
         self.n_blocks, self.opts = int(n_blocks), opts
-        self.groups_table = table                       # (nmf, nmb, neps, nlam, G, T, L+1) float32
-        self.table = table.mean(axis=4)                 # the all-chain mean
+        self.table = table                              # (nmf, nmb, neps, nlam, T, L+1) float32
         self.times = times                              # (T,), times[0] = 0
         self.axes = (np.log(np.geomspace(*opts.mu_range, opts.grid)), np.log(np.geomspace(*opts.mu_range, opts.grid)),
                      np.log(np.geomspace(*opts.eps_range, opts.grid)), np.asarray(opts.lams, dtype=float))
@@ -247,8 +247,8 @@ class Emulator:
     # -- building
     @staticmethod
     def _key(n_blocks: int, opts: CalibrationOptions) -> str:
-        fields = ("mu_range", "eps_range", "grid", "lams", "t_max", "n_times", "n_chains", "groups", "eta", "seed")
-        blob = json.dumps(dict(n_blocks=n_blocks, version=1, **{f: getattr(opts, f) for f in fields}), sort_keys=True)
+        fields = ("mu_range", "eps_range", "grid", "lams", "t_max", "n_times", "n_chains", "eta", "seed")
+        blob = json.dumps(dict(n_blocks=n_blocks, version=2, **{f: getattr(opts, f) for f in fields}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
@@ -278,9 +278,8 @@ class Emulator:
         rec_t = np.arange(0, n_steps + 1, every) * opts.eta
         pick = np.unique(np.searchsorted(rec_t, want - 1e-12).clip(0, rec_t.size - 1))
         times = rec_t[pick]
-        G, per = opts.groups, opts.n_chains // opts.groups
         shape = (opts.grid, opts.grid, opts.grid, len(opts.lams))
-        table = np.empty(shape + (G, times.size, n_blocks + 1), dtype=np.float32)
+        table = np.empty(shape + (times.size, n_blocks + 1), dtype=np.float32)
         points = [(i, j, k, q) for i in range(shape[0]) for j in range(shape[1]) for k in range(shape[2])
                   for q in range(shape[3])]
         chunk = max(1, int(2e8 // (opts.n_chains * rec_t.size * n_blocks * 8)))
@@ -295,8 +294,7 @@ class Emulator:
                                       lam=float(opts.lams[q]))
             res = simulate(grid, n_chains=opts.n_chains, seed=opts.seed, record_every=every)
             x = res.traj[:, :, pick, :]                                    # (P, chains, T, L)
-            curve = np.concatenate([np.ones(x.shape[:3] + (1,)), 1.0 - x], axis=-1)  # y − x_l, wall first
-            curve = curve.reshape(len(part), G, per, times.size, n_blocks + 1).mean(axis=2)
+            curve = np.concatenate([np.ones(x.shape[:3] + (1,)), 1.0 - x], axis=-1).mean(axis=1)  # y − x_l
             for n, (i, j, k, q) in enumerate(part):
                 table[i, j, k, q] = curve[n]
             if progress is not None:
@@ -323,11 +321,11 @@ class Emulator:
             out.append((i, w))
         return out
 
-    def curves(self, mf, mb, eps, lam, t, *, table=None) -> np.ndarray:
+    def curves(self, mf, mb, eps, lam, t) -> np.ndarray:
         """Interpolated mean curves: ``mf, mb, eps, lam`` of shape ``(N,)``, times ``t`` of shape
         ``(N, K)`` → ``(N, K, L+1)``. Friction and noise are clipped to the table's range (friction
         below ``mu_range[0]`` acts as none), times to ``[0, t_max]``."""
-        tab = self.table if table is None else table
+        tab = self.table
         tiny = 1e-300
         (i0, w0), (i1, w1), (i2, w2), (i3, w3) = self._weights(
             (np.log(np.maximum(mf, tiny)), np.log(np.maximum(mb, tiny)), np.log(np.maximum(eps, tiny)), lam))
@@ -358,11 +356,6 @@ class Emulator:
         rows = np.take(flat, np.stack(idx, axis=-1), axis=0)                                 # (N, K, 32, L+1)
         out = np.einsum("nkc,nkcl->nkl", np.stack(wgt, axis=-1), rows)
         return out
-
-    def resampled(self, rng: np.random.Generator) -> np.ndarray:
-        """A bootstrap table: the chain groups resampled with replacement."""
-        pick = rng.integers(0, self.opts.groups, self.opts.groups)
-        return self.groups_table[:, :, :, :, pick].mean(axis=4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -550,8 +543,7 @@ class _Target:
         self.sigma_nc = math.sqrt(max(var_nc / nm if np.isfinite(var_nc) else 0.0, SIGMA_FLOOR ** 2))
         self.n_cells = len(self.alpha)
 
-    def objective(self, emu: Emulator, thetas: np.ndarray, knobs, fixed: dict, bounds: dict,
-                  table=None) -> np.ndarray:
+    def objective(self, emu: Emulator, thetas: np.ndarray, knobs, fixed: dict, bounds: dict) -> np.ndarray:
         """``J`` for each row of ``thetas`` (``(P, len(knobs))``)."""
         thetas = np.atleast_2d(thetas)
         P, C = thetas.shape[0], self.n_cells
@@ -571,7 +563,7 @@ class _Target:
         else:
             times = tau[:, None] * np.array([self.t_final])[None, :]
         t = np.repeat(times[:, None, :], C, axis=1).reshape(P * C, -1)
-        sim = emu.curves(mf.ravel(), mb.ravel(), eps.ravel(), lam.ravel(), t, table=table)  # (P*C, K, L+1)
+        sim = emu.curves(mf.ravel(), mb.ravel(), eps.ravel(), lam.ravel(), t)  # (P*C, K, L+1)
         sim = sim.reshape(P, C, t.shape[1], -1)
         fin = sim[:, :, -1]                                               # (P, C, L+1)
         o = self.opts
@@ -594,15 +586,15 @@ class _Target:
 
 
 def _search(target: _Target, emu: Emulator, knobs, fixed: dict, box: dict, opts: CalibrationOptions, seed: int,
-            start: np.ndarray | None = None, table=None, fev: int | None = None):
+            start: np.ndarray | None = None, fev: int | None = None):
     """Global search (differential evolution) then Nelder–Mead; with ``start`` only the local part."""
     bounds = _theta_bounds(knobs, box)
 
     def vec(x):  # differential_evolution (vectorized) passes (n_knobs, P)
-        return target.objective(emu, np.asarray(x).T, knobs, fixed, box, table)
+        return target.objective(emu, np.asarray(x).T, knobs, fixed, box)
 
     def one(x):
-        return float(target.objective(emu, x[None, :], knobs, fixed, box, table)[0])
+        return float(target.objective(emu, x[None, :], knobs, fixed, box)[0])
 
     if start is None:  # independent searches from different seeds, each polished; the best one wins
         best = None
@@ -610,7 +602,7 @@ def _search(target: _Target, emu: Emulator, knobs, fixed: dict, box: dict, opts:
             res = optimize.differential_evolution(vec, bounds, popsize=opts.popsize, maxiter=opts.maxiter,
                                                   seed=seed + 1000 * r, vectorized=True, updating="deferred",
                                                   polish=False, tol=1e-6, init="sobol")
-            x, f = _search(target, emu, knobs, fixed, box, opts, seed, start=res.x, table=table, fev=fev)
+            x, f = _search(target, emu, knobs, fixed, box, opts, seed, start=res.x, fev=fev)
             if best is None or f < best[1]:
                 best = (x, f)
         return best
@@ -665,7 +657,7 @@ class Calibration:
     params : dict
         The knobs (:data:`KNOBS`) of the fitted map.
     intervals : dict
-        ``knob -> (low, high)`` bootstrap 95 % interval (NaN without a bootstrap).
+        ``knob -> (low, high)`` 95 % interval (module docstring; NaN when not computed).
     identified : dict
         ``knob -> bool``: False where the interval reaches a search bound (or was held fixed).
     objective : float
@@ -674,7 +666,7 @@ class Calibration:
     data : the :class:`CellData` fitted
     fitted_knobs : the knobs that were fitted (all, or the noise knobs in a transfer)
     transfer_from : the calibration whose friction map, lam and tau were kept (or None)
-    replicates : bootstrap replicates of the knobs, ``(n_bootstrap, len(KNOBS))``
+    replicates : draws of the knobs from their normal approximation, ``(n_draws, len(KNOBS))``
     wall_s : seconds spent (emulator included)
     """
 
@@ -855,8 +847,9 @@ class Calibration:
                                   identified=self.identified[k], fitted=k in self.fitted_knobs) for k in KNOBS])
 
     def map_curves(self, n: int = 51) -> dict:
-        """The map's curves and their bootstrap bands: ``alpha``, ``mu_forward``, ``mu_backward``
-        (each ``(3, n)``: low, fit, high) and ``u``, ``eps``; also the cells' column values."""
+        """The map's curves and their 95 % bands (percentiles over :attr:`replicates`): ``alpha``,
+        ``mu_forward``, ``mu_backward`` (each ``(3, n)``: low, fit, high) and ``u``, ``eps``; also
+        the cells' column values."""
         a = np.linspace(0, 1, n)
         u = np.linspace(0, 1, n)
         mf, mb = friction_map(self.params, a)
@@ -981,7 +974,7 @@ def _polish_and_intervals(target: _Target, theta, knobs, fixed, box, opts: Calib
     x0 = np.clip(theta, lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
 
     def resid(th):
-        return _direct_residuals(target, th, knobs, fixed, box, opts, opts.seed, opts.n_chains).ravel()
+        return _direct_residuals(target, th, knobs, fixed, box, opts, opts.seed, opts.polish_chains).ravel()
 
     res = optimize.least_squares(resid, x0, bounds=(lo, hi), diff_step=0.01, max_nfev=opts.polish_sims,
                                  x_scale="jac")
@@ -998,7 +991,7 @@ def _polish_and_intervals(target: _Target, theta, knobs, fixed, box, opts: Calib
     cov = Ainv @ (g.T @ g) @ Ainv * (C / max(C - p, 1))
     if opts.mc_seeds >= 2:
         rs = np.stack([_direct_residuals(target, th, knobs, fixed, box, opts, opts.seed + 200 + k,
-                                         opts.n_chains).ravel() for k in range(opts.mc_seeds)])
+                                         opts.polish_chains).ravel() for k in range(opts.mc_seeds)])
         v = (rs - rs.mean(axis=0)) @ J2 @ Ainv                            # (k, p)
         cov = cov + v.T @ v / (opts.mc_seeds - 1)
     return th, float((res.fun ** 2).sum()), cov

@@ -125,7 +125,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep this sweep's friction map, fit only the noise map")
     ca.add_argument("--out", default="figures", help="figure directory (default figures/)")
     ca.add_argument("--no-scores", action="store_true", help="skip the held-out refits (in-sample only)")
-    ca.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates of the intervals (default 30)")
 
     sp = sub.add_parser("spec", help="print a preset as TOML")
     sp.add_argument("preset")
@@ -311,11 +310,11 @@ def main(argv=None) -> int:
         elif args.command == "calibrate":
             from phase_diagrams.calibrate import CalibrationOptions
 
-            opts = CalibrationOptions(**({} if args.bootstrap is None else dict(n_bootstrap=args.bootstrap)))
             res = jobs.calibrate_job(args.store, args.sweep, args.out, transfer_from=args.transfer_from,
-                                     scores=not args.no_scores, opts=opts)
+                                     scores=() if args.no_scores else ("seed", "column", "row"),
+                                     opts=CalibrationOptions())
             cal = res["calibration"]
-            print(f"calibrated map ({len(cal.fitted_knobs)} knobs fitted; 95 % bootstrap intervals; "
+            print(f"calibrated map ({len(cal.fitted_knobs)} knobs fitted; 95 % intervals; "
                   "'identified' = interval inside the search box):")
             _print_summary(cal.params_table())
             print("\nagreement with the measured diagram, next to the seed ceiling (each seed vs the others' mean):")

@@ -162,11 +162,12 @@ def _to_list(v):
 
 
 def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures", *, calibrate: bool = True,
-             scores: bool = True, **run_kw) -> dict:
+             scores=("seed",), **run_kw) -> dict:
     """The README's main job: sweep (resumable), simulate the counterpart, calibrate the chain to the
     measured diagram (:func:`calibrate_job`; the default comparison, next to the seed ceiling; the
-    friction presets stay as named alternatives), write every figure and the comparison table;
-    return ``{"report", "summary", "figures", "calibration", "scores"}``."""
+    friction presets stay as named alternatives; ``scores``: the held-out refits to score, by default
+    the held-out seed), write every figure and the comparison table; return
+    ``{"report", "summary", "figures", "calibration", "scores"}``."""
     spec = load_spec(spec) if not isinstance(spec, GridSpec) else spec
     store = _store(store)
     report = sweep_and_simulate(spec, store, **run_kw)
@@ -239,17 +240,19 @@ def calibrated_rows(cal, spec: GridSpec) -> list[dict]:
 
 
 def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfer_from: str | None = None,
-                  scores: bool = True, opts=None, progress: bool = True) -> dict:
+                  scores=("seed", "column", "row"), opts=None, progress: bool = True) -> dict:
     """Calibrate the chain–network map of a stored sweep (:func:`phase_diagrams.calibrate.calibrate`),
     store its predictions as the simulated preset ``calibrated``, and write
     ``{sweep}_calibrated_side_by_side`` (measured | calibrated chain), ``{sweep}_calibration_map``
-    (μ→(α), μ←(α), ε(noise) with bootstrap bands), ``{sweep}_calibration_scores`` (held-out
+    (μ→(α), μ←(α), ε(noise) with 95 % bands), ``{sweep}_calibration_scores`` (held-out
     agreement next to the seed ceiling), PNG and PDF, and ``{sweep}_calibration.csv`` (the knobs)
     and ``{sweep}_calibration_scores.csv``.
 
     ``transfer_from``: another sweep of the store; its calibrated friction map, lam and tau are
-    kept and only the noise map is fitted to ``sweep``. Returns ``{"calibration", "source",
-    "scores", "figures"}`` (``source``: the calibration of ``transfer_from`` or None).
+    kept and only the noise map is fitted to ``sweep``. ``scores``: which held-out refits to score
+    (:meth:`~phase_diagrams.calibrate.Calibration.scores`; ``()`` for in-sample only). Returns
+    ``{"calibration", "source", "scores", "figures"}`` (``source``: the calibration of ``transfer_from``
+    or None).
     """
     from phase_diagrams.calibrate import CalibrationOptions, calibrate
     from phase_diagrams.compare import measured_cells, simulated_cells
@@ -275,7 +278,7 @@ def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfe
         if progress:
             log.warning("  scores: held-out %s %d/%d", kind, n, total)
 
-    table = cal.scores(progress=tell) if scores else cal.scores(which=())
+    table = cal.scores(which=tuple(scores or ()), progress=tell)
     store.write_simulated(calibrated_rows(cal, spec))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +288,7 @@ def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfe
     how = f"transferred from {transfer_from}" if transfer_from else "calibrated"
     _save(plot_side_by_side(cells, sc, title=sweep, col_label=spec.columns.field, preset=how),
           out / f"{sweep}_calibrated_side_by_side", written)
-    _save(plot_calibration_map(cal.map_curves(), f"{sweep}: calibrated map ({how}; bands: bootstrap 95 %)"),
+    _save(plot_calibration_map(cal.map_curves(), f"{sweep}: calibrated map ({how}; bands: 95 %)"),
           out / f"{sweep}_calibration_map", written)
     _save(plot_scores(table, f"{sweep}: calibrated chain vs the seed ceiling"), out / f"{sweep}_calibration_scores",
           written)

@@ -447,7 +447,7 @@ def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "no
 
 
 def plot_calibration_map(curves: dict, title: str = ""):
-    """The calibrated map with its bootstrap bands: mu->(alpha) and mu<-(alpha) left, eps over the
+    """The calibrated map with its 95 % bands: mu->(alpha) and mu<-(alpha) left, eps over the
     noise coordinate right (the panel's columns marked). ``curves``:
     :meth:`~phase_diagrams.calibrate.Calibration.map_curves`."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.3), layout="constrained")
@@ -467,7 +467,7 @@ def plot_calibration_map(curves: dict, title: str = ""):
     a2.set_xlabel(f"{curves.get('noise_field') or 'noise'} (least → most noisy)")
     a2.set_ylabel("ε / k")
     a2.legend(fontsize=7)
-    fig.suptitle(title or "calibrated map (bands: bootstrap 95 %)", fontsize=10)
+    fig.suptitle(title or "calibrated map (bands: 95 %)", fontsize=10)
     return fig
 
 
