@@ -340,3 +340,46 @@ def test_cli_commands(stored, tmp_path, capsys):
     assert main(["compare", "--store", db, "--sweep", "other"]) == 2
     assert "no sweep 'other'" in capsys.readouterr().err
     assert main(["export", "--store", db, "--out", str(tmp_path / "e.xlsx")]) == 2
+
+
+def test_a_store_of_the_old_subset_never_mixes_with_the_original_subset(tmp_path):
+    # a sweep registered before `subset` existed was trained on the NumPy subset: its stored spec
+    # lacks the field. Resuming it with today's default (the original subset) must not add tasks of
+    # another subset to it; naming subset = "numpy" resumes it.
+    import sqlite3
+
+    spec = preset_spec("smoke")
+    store = Store(tmp_path / "s.sqlite")
+    old = spec_from_dict({**spec.to_dict(), "train": {**spec.to_dict()["train"], "subset": "numpy"}})
+    store.register_sweep(old)
+    text = spec_to_toml(old).replace('subset = "numpy"\n', "")
+    assert "subset =" not in text
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = ?", (text, old.name))
+    assert store.sweep_spec(old.name).train.subset == "numpy"
+    with pytest.raises(ValueError, match="'numpy' training subset.*subset = 'numpy'"):
+        store.register_sweep(spec)
+    store.register_sweep(old)  # the old subset, named: resumes
+    assert {task_key(t["config"]) for t in old.tasks()} & {task_key(t["config"]) for t in spec.tasks()} == set()
+
+
+def test_seed_ceiling_counts_each_seed_against_the_others_mean():
+    from phase_diagrams.compare import seed_ceiling
+
+    def curve(nc_target):  # 3 loads d = (1 + x, 1, 1 - x): c / sum(d) = 2x / 3
+        x = 1.5 * nc_target
+        return np.concatenate([[0.0], -np.cumsum([1 + x, 1.0, 1 - x])]).tolist()
+
+    # cell 0: every seed convex; cell 1: seed 3 concave, seeds 1-2 linear; cell 2: all concave
+    ncs = {0: (0.3, 0.35, 0.4), 1: (0.0, 0.02, -0.5), 2: (-0.3, -0.3, -0.3)}
+    runs = pd.DataFrame([dict(row=0, col=c, row_value=0.0, col_value=c, seed=s + 1, curve=curve(v[s]))
+                         for c, v in ncs.items() for s in range(3)])
+    per_cell, per_seed = seed_ceiling(runs)
+    # seed 3 vs mean of seeds 1-2 in cell 1: linear (nc 0.01) vs concave -> 2 of 3 cells agree;
+    # seeds 1 and 2 vs the others' mean in cell 1: nc -0.25 / -0.24 (concave) vs linear -> 2 of 3
+    assert per_seed["regime_agreement"].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+    assert per_cell["seeds_agree"].tolist() == [True, False, True]
+    assert per_cell["nc_sd"].iloc[2] == pytest.approx(0.0, abs=1e-12)
+    assert per_cell["near_threshold"].tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="needs >= 2 seeds"):
+        seed_ceiling(runs[runs["seed"] == 1])
