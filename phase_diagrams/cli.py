@@ -308,7 +308,7 @@ def main(argv=None) -> int:
             _print_summary(fit_trends(fits))
             print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
         elif args.command == "calibrate":
-            from phase_diagrams.calibrate import CalibrationOptions
+            from phase_diagrams.calibration import CalibrationOptions
 
             res = jobs.calibrate_job(args.store, args.sweep, args.out, transfer_from=args.transfer_from,
                                      scores=() if args.no_scores else ("seed", "column", "row"),

@@ -241,7 +241,7 @@ def calibrated_rows(cal, spec: GridSpec) -> list[dict]:
 
 def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfer_from: str | None = None,
                   scores=("seed", "column", "row"), opts=None, progress: bool = True) -> dict:
-    """Calibrate the chain–network map of a stored sweep (:func:`phase_diagrams.calibrate.calibrate`),
+    """Calibrate the chain–network map of a stored sweep (:func:`phase_diagrams.calibration.calibrate`),
     store its predictions as the simulated preset ``calibrated``, and write
     ``{sweep}_calibrated_side_by_side`` (measured | calibrated chain), ``{sweep}_calibration_map``
     (μ→(α), μ←(α), ε(noise) with 95 % bands), ``{sweep}_calibration_scores`` (held-out
@@ -250,11 +250,11 @@ def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfe
 
     ``transfer_from``: another sweep of the store; its calibrated friction map, lam and tau are
     kept and only the noise map is fitted to ``sweep``. ``scores``: which held-out refits to score
-    (:meth:`~phase_diagrams.calibrate.Calibration.scores`; ``()`` for in-sample only). Returns
+    (:meth:`~phase_diagrams.calibration.Calibration.scores`; ``()`` for in-sample only). Returns
     ``{"calibration", "source", "scores", "figures"}`` (``source``: the calibration of ``transfer_from``
     or None).
     """
-    from phase_diagrams.calibrate import CalibrationOptions, calibrate
+    from phase_diagrams.calibration import CalibrationOptions, calibrate
     from phase_diagrams.compare import measured_cells, simulated_cells
     from phase_diagrams.plots import _save, plot_calibration_map, plot_scores, plot_side_by_side
 

@@ -449,7 +449,7 @@ def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "no
 def plot_calibration_map(curves: dict, title: str = ""):
     """The calibrated map with its 95 % bands: mu->(alpha) and mu<-(alpha) left, eps over the
     noise coordinate right (the panel's columns marked). ``curves``:
-    :meth:`~phase_diagrams.calibrate.Calibration.map_curves`."""
+    :meth:`~phase_diagrams.calibration.Calibration.map_curves`."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.3), layout="constrained")
     for name, color, label in (("mu_forward", "C0", "μ→ (forward)"), ("mu_backward", "C3", "μ← (backward)")):
         lo, mid, hi = curves[name]
@@ -473,7 +473,7 @@ def plot_calibration_map(curves: dict, title: str = ""):
 
 def plot_scores(scores: pd.DataFrame, title: str = ""):
     """Held-out regime agreement and Spearman of c/Σd per kind of hold-out, each next to the seed
-    ceiling on the same cells. ``scores``: :meth:`~phase_diagrams.calibrate.Calibration.scores`."""
+    ceiling on the same cells. ``scores``: :meth:`~phase_diagrams.calibration.Calibration.scores`."""
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), layout="constrained")
     x = np.arange(len(scores))
     for ax, (val, ceil, lab) in zip(axes, (("regime_agreement", "ceiling_agreement", "regime agreement"),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phase_diagrams import calibrate as C
+from phase_diagrams import calibration as C
 from phase_diagrams.compare import seed_ceiling
 from phase_diagrams.simulated import PRESETS, friction_for
 from springblock import ChainParams, simulate
@@ -192,3 +192,10 @@ def test_interval_coverage_over_simulated_maps(emulator):
                     print(f"map {n}: {k} = {truth[k]:.4g} outside ({r['low']:.4g}, {r['high']:.4g})")
     print(f"coverage {hits}/{total} = {hits / total:.2f}")
     assert total >= 30 and hits / total >= 0.9
+
+
+def test_calibrate_is_the_function_whatever_was_imported_before():
+    import phase_diagrams
+    import phase_diagrams.calibration  # noqa: F401  (the module has another name: no shadowing)
+
+    assert phase_diagrams.calibrate is C.calibrate and callable(phase_diagrams.calibrate)
