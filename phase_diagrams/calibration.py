@@ -907,7 +907,7 @@ def _fit(data: CellData, opts: CalibrationOptions, *, emulator: Emulator | None 
     if uncertainty:
         theta, J, cov = _polish_and_intervals(target, theta, knobs, fixed, box, opts)
         params = {k: dict(fixed, **_from_theta(theta, knobs, box))[k] for k in KNOBS}
-        se = np.sqrt(np.clip(np.diag(cov), 0, None))
+        se = np.sqrt(np.clip(np.diag(cov), 0, None))  # inf for blind knobs
         tb = _theta_bounds(knobs, box)
         for i, k in enumerate(knobs):
             lo_t = float(np.clip(theta[i] - 1.96 * se[i], *tb[i]))
@@ -916,7 +916,11 @@ def _fit(data: CellData, opts: CalibrationOptions, *, emulator: Emulator | None 
             intervals[k] = (lo, hi)
             identified[k] = _identified(k, lo, hi, box)
         rng = np.random.default_rng(opts.search_seed + 1)
-        th_draws = rng.multivariate_normal(theta, cov, size=opts.n_draws, method="eigh")
+        finite = np.isfinite(np.diag(cov))
+        th_draws = np.repeat(theta[None, :], opts.n_draws, axis=0)
+        if finite.any():  # draws of the identified directions; a blind knob stays at its fit
+            sub = cov[np.ix_(finite, finite)]
+            th_draws[:, finite] = rng.multivariate_normal(theta[finite], sub, size=opts.n_draws, method="eigh")
         draws = np.array([[dict(fixed, **_from_theta(t, knobs, box))[k] for k in KNOBS] for t in th_draws])
     for k in KNOBS:
         if k not in knobs and transfer_from is not None:
@@ -994,6 +998,15 @@ def _polish_and_intervals(target: _Target, theta, knobs, fixed, box, opts: Calib
                                          opts.polish_chains).ravel() for k in range(opts.mc_seeds)])
         v = (rs - rs.mean(axis=0)) @ J2 @ Ainv                            # (k, p)
         cov = cov + v.T @ v / (opts.mc_seeds - 1)
+    # directions the residuals do not feel (e.g. h when e1 <= e0): the sandwich gives them zero
+    # variance; they are not identified, so their knobs get an infinite variance
+    w, vecs = np.linalg.eigh(A)
+    null = w <= 1e-8 * max(w.max(), 1e-300)
+    if null.any():
+        blind = (np.abs(vecs[:, null]) > 0.1).any(axis=1)
+        cov[blind, :] = 0.0
+        cov[:, blind] = 0.0
+        cov[blind, blind] = np.inf
     return th, float((res.fun ** 2).sum()), cov
 
 
