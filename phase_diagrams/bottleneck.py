@@ -23,7 +23,7 @@ Figures (:func:`plot_singular_values`, :func:`plot_profiles`, :func:`plot_load_c
 values across depth, COI / kinetic energy / k̂ along ``p``, load curves along ``p``, for every L̃
 and step scheme. Command line (``python -m phase_diagrams bottleneck``)::
 
-    python -m phase_diagrams bottleneck --study teacher --out figures   # see the README for runtimes
+    python -m phase_diagrams bottleneck --study teacher --out figures   # runtimes: docs/leaky-resnets.md
     python -m phase_diagrams bottleneck --study load --dataset fashion-mnist --out figures
     python -m phase_diagrams bottleneck --study directions --ltilde 16 --weight-decay 0.003,0.01 --out figures
 
@@ -71,7 +71,7 @@ __all__ = [
 
 #: Training protocol of the teacher study (overridable by keyword). λ = 10⁻²: at λ = 3·10⁻³ Adam ends
 #: in a 4-dimensional bottleneck (the teacher's z plus its radius ‖z‖, min COI ≈ 4) whose objective is
-#: higher than that of the 3-dimensional one found at λ = 10⁻² (README, "Why λ = 10⁻²").
+#: higher than that of the 3-dimensional one found at λ = 10⁻² (docs/leaky-resnets.md).
 TEACHER_DEFAULTS = dict(dataset="teacher", loss="mse", model="leaky_resnet", n_train=512, depth=20, width=100,
                         weight_decay=1e-2, lr=2e-2, epochs=6000, adapt_every=200, probe_every=0,
                         early_stop_loss=0.0)
