@@ -197,24 +197,30 @@ def noise_map(p: dict, u) -> np.ndarray:
     return p["e0"] * np.exp(rise * np.clip(np.asarray(u, dtype=float), 0.0, None) ** p["h"])
 
 
-def noise_coordinate(field_name: str | None, values) -> np.ndarray:
-    """Each column value's position ``u ∈ [0, 1]`` from least (0) to most (1) noisy: linear in the
-    value, or in its logarithm for :data:`LOG_FIELDS`; reversed where more of the knob is less
+def noise_coordinate(field_name: str | None, values, reference=None) -> np.ndarray:
+    """Each column value's position ``u`` from least (0) to most (1) noisy among ``reference``
+    (default: ``values`` themselves; values outside its range extrapolate beyond [0, 1]): linear in
+    the value, or in its logarithm for :data:`LOG_FIELDS`; reversed where more of the knob is less
     noise (:data:`phase_diagrams.spec.NOISE_DIRECTION`, the batch size). ``None`` (a full batch)
-    counts as the largest value given."""
-    vals = [None if v is None else float(v) for v in values]
-    finite = [v for v in vals if v is not None]
+    counts as the largest value of ``reference``."""
+    ref = [None if v is None else float(v) for v in (values if reference is None else reference)]
+    finite = [v for v in ref if v is not None]
     if not finite:
-        raise ValueError(f"noise values {values!r}: need at least one number")
+        raise ValueError(f"noise values {list(values)!r}: need at least one number")
     top = max(finite)
-    x = np.array([top if v is None else v for v in vals], dtype=float)
-    if field_name in LOG_FIELDS:
-        if np.any(x <= 0):
-            raise ValueError(f"{field_name} values must be > 0 for the logarithmic noise coordinate, got {values!r}")
-        x = np.log(x)
-    x = x * NOISE_DIRECTION.get(field_name, 1)
-    span = x.max() - x.min()
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+    def coord(vs):
+        x = np.array([top if v is None else float(v) for v in vs], dtype=float)
+        if field_name in LOG_FIELDS:
+            if np.any(x <= 0):
+                raise ValueError(f"{field_name} values must be > 0 for the logarithmic noise coordinate, got "
+                                 f"{list(vs)!r}")
+            x = np.log(x)
+        return x * NOISE_DIRECTION.get(field_name, 1)
+
+    x, r = coord(values), coord(ref)
+    span = r.max() - r.min()
+    return (x - r.min()) / span if span > 0 else np.zeros_like(x)
 
 
 def _from_theta(theta, knobs, bounds) -> dict:
@@ -696,15 +702,7 @@ class Calibration:
 
     def _u(self, values) -> np.ndarray:
         """Noise coordinates of column values, on the scale of the calibrated panel's columns."""
-        known = list(self.data.col_value)
-        allv = known + [v for v in values if v not in known]
-        u_all = noise_coordinate(self.data.noise_field, allv)
-        # keep the panel's own normalisation: values outside its range extrapolate
-        u_known = noise_coordinate(self.data.noise_field, known)
-        if np.ptp(u_all[: len(known)]) > 0 and not np.allclose(u_all[: len(known)], u_known):
-            a = np.polyfit(u_all[: len(known)], u_known, 1)
-            u_all = np.polyval(a, u_all)
-        return np.array([u_all[allv.index(v)] for v in values], dtype=float)
+        return noise_coordinate(self.data.noise_field, values, reference=self.data.col_value)
 
     def predict(self, cells=None, *, n_chains: int | None = None, seed: int | None = None,
                 epochs=None) -> pd.DataFrame:
@@ -765,39 +763,31 @@ class Calibration:
         return _fit(data, self.opts, emulator=self.emulator, transfer_from=self.transfer_from, uncertainty=False,
                     with_ceiling=False)
 
-    def _ceiling_on(self, cell_idx) -> dict:
-        """Each seed against the other seeds' mean, on these cells: mean agreement and Spearman."""
-        fin = self.data.final[cell_idx]                                    # (C, S, L+1)
-        agree, snc, sc = [], [], []
-        for s in range(fin.shape[1]):
-            mine = fin[:, s]
-            rest = np.nanmean(np.delete(fin, s, axis=1), axis=1)
-            ok = np.isfinite(mine).all(axis=1) & np.isfinite(rest).all(axis=1)
-            if ok.sum() == 0:
-                continue
-            agree.append(float(np.mean(regime(mine[ok], self.opts.tol) == regime(rest[ok], self.opts.tol))))
-            snc.append(spearman(normalized_curvature(mine[ok]), normalized_curvature(rest[ok])))
-            sc.append(spearman(curvature(mine[ok]), curvature(rest[ok])))
-        return dict(ceiling_agreement=float(np.mean(agree)), ceiling_spearman_nc=float(np.nanmean(snc)),
-                    ceiling_spearman_c=float(np.nanmean(sc)))
+    def _ceiling(self) -> dict:
+        """The seed ceiling on every calibrated cell (:func:`seed_ceiling`), mean over seeds."""
+        per_seed = self.ceiling[1]
+        if per_seed is None:
+            per_seed = seed_ceiling(_as_runs(self.data), self.opts.tol)[1]
+        return dict(ceiling_agreement=float(per_seed["regime_agreement"].mean()),
+                    ceiling_spearman_nc=float(per_seed["spearman_nc"].mean()),
+                    ceiling_spearman_c=float(per_seed["spearman_c"].mean()))
 
-    def _row(self, kind, folds, pred_curves, meas_curves, cell_idx) -> dict:
+    def _row(self, kind, folds, pred_curves, meas_curves) -> dict:
         pr, me = np.asarray(pred_curves), np.asarray(meas_curves)
         out = dict(kind=kind, folds=folds, n_cells=len(pr),
                    regime_agreement=float(np.mean(regime(pr, self.opts.tol) == regime(me, self.opts.tol))),
                    spearman_nc=spearman(normalized_curvature(pr), normalized_curvature(me)),
                    spearman_c=spearman(curvature(pr), curvature(me)))
-        out.update(self._ceiling_on(cell_idx))
+        out.update(self._ceiling())
         out["ratio"] = out["regime_agreement"] / out["ceiling_agreement"] if out["ceiling_agreement"] > 0 else np.nan
         return out
 
     def _in_sample(self) -> dict:
         pred = self.predict()
-        return self._row("in-sample", 1, np.stack(pred["curve"]), np.nanmean(self.data.final, axis=1),
-                         np.arange(len(self.data.alpha)))
+        return self._row("in-sample", 1, np.stack(pred["curve"]), np.nanmean(self.data.final, axis=1))
 
     def _held_out_seeds(self, progress) -> dict:
-        pr, me, idx = [], [], []
+        pr, me = [], []
         S = len(self.data.seeds)
         agree = []
         for s in range(S):
@@ -807,13 +797,12 @@ class Calibration:
             pred = np.stack(fit.predict()["curve"])
             pr.append(pred[have])
             me.append(self.data.final[have, s])
-            idx.extend(np.flatnonzero(have).tolist())
             agree.append(float(np.mean(regime(pred[have], self.opts.tol) == regime(self.data.final[have, s],
                                                                                   self.opts.tol))))
             if progress:
                 progress("seed", s + 1, S)
         # per fold: the seed against the fit on the others; the ceiling: the seed against the others' mean
-        row = self._row("held-out seed", S, np.concatenate(pr), np.concatenate(me), np.arange(len(self.data.alpha)))
+        row = self._row("held-out seed", S, np.concatenate(pr), np.concatenate(me))
         row["fold_agreement"] = " ".join(f"{a:.2f}" for a in agree)
         return row
 
@@ -835,8 +824,7 @@ class Calibration:
             fold_agree.append(float(np.mean(regime(p, self.opts.tol) == regime(meas, self.opts.tol))))
             if progress:
                 progress(kind, n + 1, groups.size)
-        row = self._row(f"leave-one-{kind}-out", int(groups.size), pred, np.nanmean(self.data.final, axis=1),
-                        np.arange(len(self.data.alpha)))
+        row = self._row(f"leave-one-{kind}-out", int(groups.size), pred, np.nanmean(self.data.final, axis=1))
         row["fold_agreement"] = " ".join(f"{a:.2f}" for a in fold_agree)
         return row
 

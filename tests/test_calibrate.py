@@ -77,6 +77,8 @@ def test_noise_coordinate_orders_every_axis_from_least_to_most_noisy():
     assert C.noise_coordinate("lr", [1e-4, 1e-3, 1e-2]) == pytest.approx([0, 0.5, 1])  # logarithmic
     # a smaller batch is more noise; None (a full batch) is the largest batch
     assert C.noise_coordinate("batch_size", [10, 100, 1000, None]) == pytest.approx([1, 0.5, 0, 0])
+    # on another panel's scale: values beyond its columns extrapolate linearly
+    assert C.noise_coordinate("label_noise", [0.35, 1.4], reference=[0.0, 0.7]) == pytest.approx([0.5, 2.0])
     with pytest.raises(ValueError, match="lr values must be > 0"):
         C.noise_coordinate("lr", [0.0, 0.1])
 
