@@ -557,38 +557,50 @@ class _Target:
         mf = np.empty((P, C))
         mb = np.empty((P, C))
         eps = np.empty((P, C))
-        lam = np.empty((P, C))
+        lam = np.empty(P)
         tau = np.empty(P)
         for n, p in enumerate(ps):
             mf[n], mb[n] = friction_map(p, self.alpha)
             eps[n] = noise_map(p, self.u)
             lam[n] = p["lam"]
             tau[n] = p["tau"]
+        return self.cell_terms(emu, mf, mb, eps, lam, tau).mean(axis=1)
+
+    def cell_terms(self, emu: Emulator, mf, mb, eps, lam, tau, cells=None) -> np.ndarray:
+        """Each cell's share of ``J`` (``J`` = the mean over all cells), for chain parameters given
+        per candidate and cell: ``mf, mb, eps`` of shape ``(P, n)`` for the cells ``cells`` (default
+        all, ``n = C``), ``lam, tau`` of shape ``(P,)`` (or scalars) → ``(P, n)``. The objective is a
+        sum over cells, so a map whose knobs act on disjoint cells can be fitted block by block."""
+        ci = np.arange(self.n_cells) if cells is None else np.asarray(cells)
+        mf, mb, eps = (np.atleast_2d(np.asarray(v, dtype=float)) for v in (mf, mb, eps))
+        P, n = mf.shape
+        lam = np.broadcast_to(np.asarray(lam, dtype=float), (P,))
+        tau = np.broadcast_to(np.asarray(tau, dtype=float), (P,))
         if self.traj is not None:
             times = tau[:, None] * self.epochs[None, :]                   # (P, K)
         else:
             times = tau[:, None] * np.array([self.t_final])[None, :]
-        t = np.repeat(times[:, None, :], C, axis=1).reshape(P * C, -1)
-        sim = emu.curves(mf.ravel(), mb.ravel(), eps.ravel(), lam.ravel(), t)  # (P*C, K, L+1)
-        sim = sim.reshape(P, C, t.shape[1], -1)
-        fin = sim[:, :, -1]                                               # (P, C, L+1)
+        t = np.repeat(times[:, None, :], n, axis=1).reshape(P * n, -1)
+        sim = emu.curves(mf.ravel(), mb.ravel(), eps.ravel(), np.repeat(lam, n), t)  # (P*n, K, L+1)
+        sim = sim.reshape(P, n, t.shape[1], -1)
+        fin = sim[:, :, -1]                                               # (P, n, L+1)
         o = self.opts
-        J = np.zeros(P)
+        out = np.zeros((P, n))
         L1 = fin.shape[-1]
         if o.w_final:
-            rss = _affine_rss(np.broadcast_to(self.final, fin.shape), fin)
-            J += o.w_final * (rss / (L1 * self.sigma_f ** 2)).mean(axis=1)
+            rss = _affine_rss(np.broadcast_to(self.final[ci], fin.shape), fin)
+            out += o.w_final * rss / (L1 * self.sigma_f ** 2)
         if o.w_traj and self.traj is not None:
-            d_sim = (sim - sim[:, :, :1])[:, :, 1:].reshape(P, C, -1)
-            d_meas = np.broadcast_to(self.traj[:, 1:].reshape(C, -1), d_sim.shape)
+            d_sim = (sim - sim[:, :, :1])[:, :, 1:].reshape(P, n, -1)
+            d_meas = np.broadcast_to(self.traj[ci, 1:].reshape(n, -1), d_sim.shape)
             rss = _scale_rss(d_meas, d_sim)
-            J += o.w_traj * (rss / (d_sim.shape[-1] * self.sigma_t ** 2)).mean(axis=1)
+            out += o.w_traj * rss / (d_sim.shape[-1] * self.sigma_t ** 2)
         if o.w_nc:
             nc = np.asarray(normalized_curvature(fin), dtype=float)
             nc = np.where(np.isfinite(nc), nc, 10.0)  # a chain that does not move: far from any network
-            meas = np.where(np.isfinite(self.nc), self.nc, 0.0)
-            J += o.w_nc * (((nc - meas) / self.sigma_nc) ** 2).mean(axis=1)
-        return J
+            meas = np.where(np.isfinite(self.nc[ci]), self.nc[ci], 0.0)
+            out += o.w_nc * ((nc - meas) / self.sigma_nc) ** 2
+        return out
 
 
 def _search(target: _Target, emu: Emulator, knobs, fixed: dict, box: dict, opts: CalibrationOptions, seed: int,
@@ -631,22 +643,32 @@ def simulate_cells(params: dict, alpha, u, epochs, n_blocks: int, *, n_chains: i
                    eta: float = 0.01) -> np.ndarray:
     """The chain of the map ``params`` at cells ``(alpha, u)``, simulated directly: ensemble-mean
     ``y − x_l`` at ``t = tau · epochs``, shape ``(C, len(epochs), L+1)``."""
-    from springblock import ChainParams, simulate
-
     mf, mb = friction_map(params, alpha)
     eps = noise_map(params, u)
+    return simulate_chains(mf, mb, eps, params["lam"], params["tau"], epochs, n_blocks, n_chains=n_chains, seed=seed,
+                           eta=eta)
+
+
+def simulate_chains(mf, mb, eps, lam: float, tau: float, epochs, n_blocks: int, *, n_chains: int, seed: int,
+                    eta: float = 0.01) -> np.ndarray:
+    """Chains of given ``(mu->, mu<-, eps)`` per cell and shared ``lam``, ``tau``, simulated directly
+    (common random numbers: chain ``c`` sees the same noise in every cell): ensemble-mean
+    ``y − x_l`` at ``t = tau · epochs``, shape ``(C, len(epochs), L+1)``."""
+    from springblock import ChainParams, simulate
+
+    mf, mb, eps = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (mf, mb, eps))
     epochs = np.asarray(epochs, dtype=float)
-    t_end = float(params["tau"] * epochs[-1])
+    t_end = float(tau * epochs[-1])
     every = max(1, int(round(t_end / eta / 200)))
     n_steps = max(every, every * int(math.ceil(t_end / eta / every)))
     grid = np.empty(len(mf), dtype=object)
     for n in range(len(mf)):
         grid[n] = ChainParams(n_blocks=n_blocks, k=1.0, y=1.0, eta=eta, n_steps=n_steps, mu_forward=float(mf[n]),
-                              mu_backward=float(mb[n]), eps=float(eps[n]), lam=float(params["lam"]))
+                              mu_backward=float(mb[n]), eps=float(eps[n]), lam=float(lam))
     res = simulate(grid, n_chains=n_chains, seed=seed, record_every=every)
     tr = np.asarray(res.trajectory_curve())                               # (C, R, L+1)
     times = res.steps * eta
-    want = params["tau"] * epochs
+    want = tau * epochs
     return np.stack([np.stack([np.interp(want, times, tr[c, :, l]) for l in range(tr.shape[-1])], axis=-1)
                      for c in range(len(mf))])
 
@@ -927,9 +949,15 @@ def _direct_residuals(target: _Target, theta, knobs, fixed, box, opts: Calibrati
     trajectory change after its profiled scale, and c/Σd."""
     data = target.data
     p = dict(fixed, **_from_theta(theta, knobs, box))
-    has_traj = target.traj is not None
-    epochs = data.epochs if has_traj else np.array([0.0, target.t_final])
+    epochs = data.epochs if target.traj is not None else np.array([0.0, target.t_final])
     sim = simulate_cells(p, data.alpha, data.u, epochs, data.n_blocks, n_chains=n_chains, seed=seed, eta=opts.eta)
+    return _sim_residuals(target, sim, opts)
+
+
+def _sim_residuals(target: _Target, sim: np.ndarray, opts: CalibrationOptions) -> np.ndarray:
+    """:func:`_direct_residuals` of simulated curves ``sim`` (``(C, K, L+1)`` at the target's probe
+    epochs, or ``(C, 2, L+1)`` without trajectories)."""
+    has_traj = target.traj is not None
     C, L1 = sim.shape[0], sim.shape[-1]
     blocks = []
     fin = sim[:, -1]

@@ -201,3 +201,53 @@ def test_calibrate_is_the_function_whatever_was_imported_before():
     import phase_diagrams.calibration  # noqa: F401  (the module has another name: no shadowing)
 
     assert phase_diagrams.calibrate is C.calibrate and callable(phase_diagrams.calibrate)
+
+
+def test_the_objective_is_a_sum_over_cells(emulator):
+    """``_Target.cell_terms`` (what the block-wise fits of studies/calibration_targets.py use) is
+    each cell's share of the library's objective: their mean is J."""
+    data = C.cell_data(_runs(TRUTH, alphas=(0.0, 0.5, 1.0), noises=(0.0, 0.3, 0.6)))
+    target = C._Target(data, emulator.opts)
+    rng = np.random.default_rng(3)
+    tb = np.array(C._theta_bounds(C.KNOBS, C.BOUNDS))
+    thetas = rng.uniform(tb[:, 0], tb[:, 1], size=(5, len(C.KNOBS)))
+    J = target.objective(emulator, thetas, C.KNOBS, {}, C.BOUNDS)
+    for n, th in enumerate(thetas):
+        p = C._from_theta(th, C.KNOBS, C.BOUNDS)
+        mf, mb = C.friction_map(p, data.alpha)
+        terms = target.cell_terms(emulator, mf[None], mb[None], C.noise_map(p, data.u)[None], p["lam"], p["tau"])
+        assert terms.shape == (1, len(data.alpha))
+        assert terms.mean() == pytest.approx(J[n], rel=1e-12)
+        half = np.arange(0, len(data.alpha), 2)  # a subset of cells gives those cells' terms
+        sub = target.cell_terms(emulator, mf[None, half], mb[None, half], C.noise_map(p, data.u)[None, half],
+                                p["lam"], p["tau"], cells=half)
+        assert sub == pytest.approx(terms[:, half], rel=1e-12)
+    # the direct simulation of a map equals that of its per-cell chains
+    sim = C.simulate_cells(TRUTH, data.alpha, data.u, EPOCHS, 7, n_chains=16, seed=4)
+    mf, mb = C.friction_map(TRUTH, data.alpha)
+    same = C.simulate_chains(mf, mb, C.noise_map(TRUTH, data.u), TRUTH["lam"], TRUTH["tau"], EPOCHS, 7, n_chains=16,
+                             seed=4)
+    assert np.array_equal(sim, same)
+
+
+def test_the_saturated_separable_family_contains_the_smooth_one(emulator):
+    """studies/calibration_targets.py: free (mu->, mu<-) per row and eps per column, fitted block by
+    block, reaches at least the smooth family's objective and reproduces the truth's regimes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from studies import calibration_targets as T
+
+    runs = _runs(TRUTH, alphas=(0.0, 0.4, 0.8, 1.0), noises=(0.0, 0.2, 0.4, 0.6))
+    data = C.cell_data(runs)
+    opts = emulator.opts
+    target = C._Target(data, opts)
+    th = np.array([np.log(TRUTH[k]) if k in C._LOG else TRUTH[k] for k in C.KNOBS])
+    j_truth = float(target.objective(emulator, th[None], C.KNOBS, {}, C.BOUNDS)[0])
+    ch, j = T.fit_free(data, emulator, opts, start=dict(TRUTH, f0=0.3, e1=0.1), n_random=1)
+    assert j <= j_truth + 1e-9
+    assert len(np.unique(ch.mf[data.row == 0])) == 1 and len(np.unique(ch.eps[data.col == 0])) == 1  # separable
+    pred = T.predict_chain(ch, data, opts, n_chains=256)
+    truth = np.stack(runs[runs["seed"] == 1]["truth_curve"])
+    assert np.mean(regime(pred) == regime(truth)) >= 0.9
