@@ -235,11 +235,13 @@ def ceiling_of(data) -> tuple[dict, pd.DataFrame]:
                 ceiling_spearman_nc=float(per_seed["spearman_nc"].mean())), per_seed
 
 
-def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "row", "column"), n_random=3):
+def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "row", "column"), n_random=3,
+                fold_starts=4, report=None):
     """In-sample and held-out scores of a free family; the fitted chain and its predictions.
 
     In-sample: from the smooth fit ``start`` and ``n_random`` random starts. Held-out folds start
-    from ``n_random + 1`` random points only (the smooth fit saw the held-out data). Held-out seed:
+    from ``fold_starts`` random points only (the smooth fit saw the held-out data). ``report`` is
+    called with each score row as soon as it is measured. Held-out seed:
     fit the other seeds' mean, predict this seed. Leave one row (column) out: fit the other cells,
     then interpolate the left-out row's log mu->, log mu<- linearly in alpha between its fitted
     neighbours (the left-out column's log eps in the noise coordinate u; beyond the last fitted row
@@ -252,6 +254,8 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
     pred = predict_chain(ch, data, opts)
     meas = np.nanmean(data.final, axis=1)
     rows = [dict(score_row(f"{name}, in-sample", pred, meas, ceil), J=j, fit_s=round(fit_s))]
+    report = report or (lambda r: None)
+    report(rows[-1])
     if cellwise:
         return rows, ch, pred
     if "seed" in held_out:
@@ -260,7 +264,7 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
         for s in range(len(data.seeds)):
             rest = [t for t in range(len(data.seeds)) if t != s]
             have = np.isfinite(data.final[:, s, 0])
-            chs, _ = fit_free(data.subset(seeds=rest), emu, opts, start=None, n_random=n_random + 1, seed=s + 1)
+            chs, _ = fit_free(data.subset(seeds=rest), emu, opts, start=None, n_random=fold_starts, seed=s + 1)
             p = predict_chain(chs, data, opts)
             pr.append(p[have])
             me.append(data.final[have, s])
@@ -269,6 +273,7 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
         r["fold_agreement"] = " ".join(f"{a:.2f}" for a in folds)
         r["fit_s"] = round(time.perf_counter() - t1)
         rows.append(r)
+        report(r)
     for kind in ("row", "column"):
         if kind not in held_out:
             continue
@@ -279,7 +284,7 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
         for g in np.unique(keys):
             out, keep = np.flatnonzero(keys == g), np.flatnonzero(keys != g)
             sub = data.subset(cells=keep)
-            chs, _ = fit_free(sub, emu, opts, start=None, n_random=n_random + 1, seed=100 + int(g))
+            chs, _ = fit_free(sub, emu, opts, start=None, n_random=fold_starts, seed=100 + int(g))
             if kind == "row":
                 a_fit, first = np.unique(sub.alpha, return_index=True)
                 mf = np.exp(np.interp(data.alpha[out], a_fit, np.log(chs.mf[first])))
@@ -300,6 +305,7 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
         r["fold_agreement"] = " ".join(f"{a:.2f}" for a in folds)
         r["fit_s"] = round(time.perf_counter() - t1)
         rows.append(r)
+        report(r)
     return rows, ch, pred
 
 
@@ -329,6 +335,10 @@ def main(argv=None):
     ap.add_argument("--panels", default="sweep,fine", help="which panels the free families run on")
     ap.add_argument("--smooth-scores", default="seed,column,row")
     ap.add_argument("--free-scores", default="seed,row,column", help="held-out scores of the separable-free family")
+    ap.add_argument("--starts", type=int, default=3, help="random starts of an in-sample free fit (+ the smooth fit)")
+    ap.add_argument("--fold-starts", type=int, default=2, help="random starts of a held-out free fit")
+    ap.add_argument("--smooth-json", default=None,
+                    help="the smooth fit's knobs ({sweep}_smooth.json of an earlier run) instead of calibrating anew")
     ap.add_argument("--out", default="out/calibration_targets")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -361,7 +371,9 @@ def main(argv=None):
                         regime_agreement=ceil["ceiling_agreement"], spearman_nc=ceil["ceiling_spearman_nc"]))
         start = None
         smooth_cal = None
-        if parts & {"smooth", "free", "cellwise"}:
+        if args.smooth_json and "smooth" not in parts:
+            start = json.load(open(args.smooth_json.format(sweep=sweep)))["params"]
+        elif parts & {"smooth", "free", "cellwise"}:
             t0 = time.perf_counter()
             smooth_cal = C.calibrate(st.runs(sweep), opts=opts, emulator=emu)
             cal_s = time.perf_counter() - t0
@@ -378,16 +390,19 @@ def main(argv=None):
         preds = {}
         if smooth_cal is not None:
             preds["smooth"] = np.stack(smooth_cal.predict()["curve"])
+        elif start is not None:  # the same as Calibration.predict: 256 chains, seed opts.seed + 1
+            preds["smooth"] = C.simulate_cells(start, data.alpha, data.u, data.epochs, data.n_blocks,
+                                               n_chains=opts.predict_chains, seed=opts.seed + 1, eta=opts.eta)[:, -1]
         if key in args.panels.split(","):
             for fam, cw in (("free", False), ("cellwise", True)):
                 if fam not in parts:
                     continue
                 log.info("%s: %s family", sweep, fam)
                 res, ch, pred = free_family(data, emu, opts, start, cellwise=cw,
-                                             held_out=tuple(args.free_scores.split(",")))
+                                            held_out=tuple(args.free_scores.split(",")), n_random=args.starts,
+                                            fold_starts=args.fold_starts,
+                                            report=lambda r, sw=sweep: report(dict(panel=sw, **r)))
                 preds[fam] = pred
-                for r in res:
-                    report(dict(panel=sweep, **r))
                 pd.DataFrame(dict(alpha=data.alpha, col_value=data.col_value, mu_forward=ch.mf, mu_backward=ch.mb,
                                   eps=ch.eps, lam=ch.lam, tau=ch.tau)).to_csv(out / f"{sweep}_{fam}_chain.csv",
                                                                              index=False)
