@@ -46,7 +46,11 @@ The objective
     each term a mean squared residual in units of the measurement's own noise (σ² pooled over
     cells: the variance over seeds divided by the number of seeds averaged, floored at
     :data:`SIGMA_FLOOR`). The trajectories fix the time scale tau and the decay lam, the final
-    curves the shape; the third term asks for the number the regimes are judged by.
+    curves the shape; the third term asks for the number the regimes are judged by. ``J`` is a
+    sum over cells (``_Target.cell_terms`` gives each cell's share), so families whose knobs act on
+    disjoint cells can be fitted block by block: ``studies/calibration_targets.py`` fits the
+    saturated separable family (free friction per row, free eps per column) and a chain per cell
+    that way, the upper bounds of docs/calibration.md.
 The search
     Differential evolution (:func:`scipy.optimize.differential_evolution`, vectorised over the
     population, Sobol start, seeded) over the knobs on the emulator, then Nelder–Mead from its best

@@ -256,15 +256,14 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
     rows = [dict(score_row(f"{name}, in-sample", pred, meas, ceil), J=j, fit_s=round(fit_s))]
     report = report or (lambda r: None)
     report(rows[-1])
-    if cellwise:
-        return rows, ch, pred
     if "seed" in held_out:
         t1 = time.perf_counter()
         pr, me, folds = [], [], []
         for s in range(len(data.seeds)):
             rest = [t for t in range(len(data.seeds)) if t != s]
             have = np.isfinite(data.final[:, s, 0])
-            chs, _ = fit_free(data.subset(seeds=rest), emu, opts, start=None, n_random=fold_starts, seed=s + 1)
+            chs, _ = fit_free(data.subset(seeds=rest), emu, opts, start=None, n_random=fold_starts, seed=s + 1,
+                              cellwise=cellwise)
             p = predict_chain(chs, data, opts)
             pr.append(p[have])
             me.append(data.final[have, s])
@@ -275,7 +274,7 @@ def free_family(data, emu, opts, start, *, cellwise=False, held_out=("seed", "ro
         rows.append(r)
         report(r)
     for kind in ("row", "column"):
-        if kind not in held_out:
+        if kind not in held_out or cellwise:  # a cell's own knobs say nothing about another cell
             continue
         t1 = time.perf_counter()
         keys = data.row if kind == "row" else data.col
@@ -335,6 +334,7 @@ def main(argv=None):
     ap.add_argument("--panels", default="sweep,fine", help="which panels the free families run on")
     ap.add_argument("--smooth-scores", default="seed,column,row")
     ap.add_argument("--free-scores", default="seed,row,column", help="held-out scores of the separable-free family")
+    ap.add_argument("--cellwise-scores", default="", help="'seed': held-out seeds for the cellwise family too")
     ap.add_argument("--starts", type=int, default=3, help="random starts of an in-sample free fit (+ the smooth fit)")
     ap.add_argument("--fold-starts", type=int, default=2, help="random starts of a held-out free fit")
     ap.add_argument("--smooth-json", default=None,
@@ -398,8 +398,9 @@ def main(argv=None):
                 if fam not in parts:
                     continue
                 log.info("%s: %s family", sweep, fam)
-                res, ch, pred = free_family(data, emu, opts, start, cellwise=cw,
-                                            held_out=tuple(args.free_scores.split(",")), n_random=args.starts,
+                scores = args.cellwise_scores if cw else args.free_scores
+                res, ch, pred = free_family(data, emu, opts, start, cellwise=cw, held_out=tuple(scores.split(",")),
+                                            n_random=args.starts,
                                             fold_starts=args.fold_starts,
                                             report=lambda r, sw=sweep: report(dict(panel=sw, **r)))
                 preds[fam] = pred
