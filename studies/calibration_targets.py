@@ -1,10 +1,14 @@
 """Issue 11's measured targets, and what a wider family of maps can reach (docs/calibration.md).
 
-    python -m studies.calibration_targets --store S                        # everything (~30-40 min, 2 cores)
+    python -m studies.calibration_targets --store S                        # everything
     python -m studies.calibration_targets --store S --parts free,cellwise  # the wider families only
 
+Everything takes ~1 h on 2 shared cores (the smooth family's 37 held-out refits are most of it; the
+separable-free family's scores 4-25 min per panel); results of this run: docs/calibration.md.
+
 ``S`` holds the sweeps ``label-noise`` (alpha in {0, 0.2, ..., 1}) and ``label-noise-fine``
-(the same plus alpha in {0.85, 0.9, 0.95}; ``studies/label-noise-fine.toml``), seeds 1-3. Parts:
+(the same plus alpha in {0.85, 0.9, 0.95}; ``python -m phase_diagrams sweep studies/label-noise-fine.toml
+--store S``), seeds 1-3. Parts:
 
 ``ceiling``
     each seed against the mean of the other seeds (:func:`phase_diagrams.compare.seed_ceiling`).
