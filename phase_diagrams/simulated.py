@@ -246,7 +246,7 @@ def mesh_grid(ltildes, eps, rho, *, kappa: float = 1.0, pin: float = 0.5, mu_max
     out = np.empty((len(ltildes), len(eps)), dtype=object)
     for i, lt in enumerate(ltildes):
         for j, e in enumerate(eps):
-            out[i, j] = mesh_chain(rho, float(lt), kappa=kappa, pin=pin, mu_forward=mu_max,
+            out[i, j] = mesh_chain(rho, float(lt), kappa=kappa, pin_fraction=pin, mu_forward=mu_max,
                                    mu_backward=ratio * mu_max, eps=float(e), n_steps=n_steps)
     return out
 

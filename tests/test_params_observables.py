@@ -17,7 +17,7 @@ from springblock import observables as ob
     (dict(n_blocks=0), "n_blocks must be an integer >= 1"),
     (dict(eta=0.6), "unstable"),
     (dict(k=0.0), "k must be > 0"),
-    (dict(noise="pink"), "noise must be one of"),
+    (dict(noise_mode="pink"), "noise_mode must be one of"),
     (dict(order=3), "order must be 1"),
     (dict(y=float("nan")), "y must be finite"),
     (dict(order=2, eta=3.0), "unstable"),

@@ -232,14 +232,14 @@ def test_bottleneck_probes_leave_training_unchanged():
 def test_mesh_chain_follows_the_mesh_and_has_the_closed_form_equilibrium():
     L, lt, kap = 12, 6.0, 1.5
     rho = step_sizes("irregular", L)
-    p = mesh_chain(rho, lt, kappa=kap, k_ref=2.0, pin=0.4, y=1.0)
+    p = mesh_chain(rho, lt, kappa=kap, k_ref=2.0, pin_fraction=0.4, y=1.0)
     assert p.k_array[:-1] == pytest.approx(2.0 / (L * lt * rho), rel=1e-14)
     assert p.k_array[-1] == p.k_array[-2]
     assert p.kappa_array == pytest.approx(2.0 * kap * lt * rho / L, rel=1e-14)
-    assert np.all(p.pin_array == 0.4)
+    assert np.all(p.pin_position_array == 0.4)
     assert mesh_chain(np.full(7, 1 / 7), 1.0).k_array == pytest.approx(np.ones(8))  # the original chain
     # uniform mesh: u_n = x_n − a solves u_{n+1} − (2 + κ/k) u_n + u_{n−1} = 0, u_0 = −a, u_{L+1} = y − a
-    q = mesh_chain(np.full(L, 1 / L), lt, kappa=kap, pin=0.5)
+    q = mesh_chain(np.full(L, 1 / L), lt, kappa=kap, pin_fraction=0.5)
     k, kappa = q.k_array[0], q.kappa_array[0]
     lam = ((2 + kappa / k) - np.sqrt((2 + kappa / k) ** 2 - 4)) / 2
     n = np.arange(L + 2)

@@ -56,7 +56,7 @@ def test_energy_never_increases_without_noise(mu):
 
 @pytest.mark.parametrize("noise", ["independent", "shared"])
 def test_stationary_covariance_matches_lyapunov(noise):
-    p = ChainParams(mu_forward=0.0, mu_backward=0.0, eps=0.3, eta=0.05, n_steps=4000, noise=noise)
+    p = ChainParams(mu_forward=0.0, mu_backward=0.0, eps=0.3, eta=0.05, n_steps=4000, noise_mode=noise)
     C = 4000
     x = simulate(p, n_chains=C, seed=3).x  # 4000 steps = 30 relaxation times of the slowest mode
     S = np.cov(x.T)
@@ -137,7 +137,7 @@ def test_second_order_strong_convergence(friction):
     T, dts, L = 4.0, [0.2, 0.1, 0.05, 0.025], 7
     fine = dts[-1] / 16
     n_fine = round(T / fine)
-    base = ChainParams.second_order_original(k=1.0, eps=0.2, lam=0.0, noise="independent", n_steps=n_fine,
+    base = ChainParams.second_order_original(k=1.0, eps=0.2, lam=0.0, noise_mode="independent", n_steps=n_fine,
                                              eta=fine, mu_forward=friction, mu_backward=1.5 * friction)
     errs = []
     for seed in range(4):
