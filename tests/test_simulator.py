@@ -6,6 +6,7 @@ import pytest
 
 from springblock import ChainParams, simulate, standard_normals
 from springblock import _reference as ref
+from springblock.dynamics import _simulate_normals
 
 CASES = [
     ChainParams(n_steps=400, mu_backward=0.15),
@@ -30,6 +31,20 @@ def test_kernel_equals_reference(params):
         np.testing.assert_allclose(res.x[c], x, rtol=0, atol=1e-12)
         np.testing.assert_allclose(res.traj[c], tr, rtol=0, atol=1e-12)
     assert list(res.steps) == list(range(0, params.n_steps + 1, 37))
+
+
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise_mode}-eps{p.eps}")
+def test_injected_normals_reproduce_the_drawing_kernels(params):
+    """The kernels on injected normals (the strong-order and overdamped-limit tests' entry point)
+    run the production arithmetic: fed each chain's own stream they equal ``simulate`` bit for bit."""
+    res = simulate(params, n_chains=19, seed=2, record_every=50, parallel=False)
+    xi = np.stack([standard_normals(s, ref.n_normals(params)) for s in res.seeds])
+    inj = _simulate_normals(params, xi, record_every=50)
+    assert np.array_equal(inj.x, res.x) and np.array_equal(inj.traj, res.traj)
+    if params.order == 2:
+        assert np.array_equal(inj.v, res.v)
+    with pytest.raises(ValueError, match="normals must be"):
+        _simulate_normals(params.replace(eps=0.1), xi[:, :5])
 
 
 def test_numpy_batch_reference_equals_kernel_on_same_noise():
@@ -101,6 +116,13 @@ def test_initial_state_and_mismatched_grid_errors():
         simulate(p, 2, record_every=0)
     with pytest.raises(ValueError, match="seed"):
         simulate(p, 2, seed=-1)
+    # a first-order chain has no velocity: v0 is refused (it used to be ignored silently)
+    with pytest.raises(ValueError, match="v0 was given, but first-order"):
+        simulate(p, 2, v0=np.ones(7))
+    # ... and used by a second-order one: no force, no damping, no friction: x = dt v0 after one step
+    q = ChainParams.second_order_original(n_steps=1, eps=0.0, mu_forward=0.0, mu_backward=0.0, y=0.0, gamma=0.0)
+    r = simulate(q, 1, v0=np.ones(7))
+    assert np.array_equal(r.x[0], np.full(7, 0.05)) and np.array_equal(r.v[0], np.ones(7))
 
 
 def test_noise_below_the_floor_counts_as_zero_in_kernels_and_reference():
