@@ -131,12 +131,13 @@ def simulate_for_spec(store, spec, presets=None) -> pd.DataFrame:
 
     ``store``: a path or a :class:`~phase_diagrams.store.Store` the rows are written to, or None
     (only returned); ``spec``: a :class:`~phase_diagrams.spec.GridSpec`, preset name or TOML path.
-    Rows: the spec's alpha values → friction by :func:`~phase_diagrams.friction.friction_for`; columns: the noise values →
-    ``eps`` by the spec's mapping (:meth:`~phase_diagrams.spec.GridSpec.column_eps`). The chain
-    has one block per hidden layer (``n_blocks = spec.train.depth``) and the original first-order
-    parameters otherwise; ``spec.simulator`` gives chains, steps, seed and the trajectory record
-    interval. One batched kernel call per preset. Rows are written to ``store`` and
-    returned as a table with the columns of :meth:`~phase_diagrams.store.Store.simulated`.
+    Rows: the spec's alpha values → friction by :func:`~phase_diagrams.friction.friction_for`;
+    columns: the noise values → ``eps`` by the spec's mapping
+    (:meth:`~phase_diagrams.spec.GridSpec.column_eps`). The chain has one block per hidden layer
+    (``n_blocks = spec.train.depth``) and the original first-order parameters otherwise;
+    ``spec.simulator`` gives chains, steps, seed and the trajectory record interval. One batched
+    kernel call per preset. Rows are written to ``store`` and returned as a table with the columns
+    of :meth:`~phase_diagrams.store.Store.simulated`.
 
     Preset ``"mesh"`` (leaky-ResNet sweeps, rows = ``ltilde``): the cells are :func:`mesh_grid`
     on the initial mesh of the spec's step scheme (``simulator.kappa``, ``simulator.pin``); the

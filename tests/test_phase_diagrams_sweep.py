@@ -2,8 +2,8 @@
 runners, the serial / joblib / dask backends, figures from a store, export round trips and the
 measured-vs-simulated comparison."""
 
-import hashlib
 import dataclasses
+import hashlib
 import json
 import signal
 import subprocess
@@ -20,7 +20,17 @@ from phase_diagrams.cli import main
 from phase_diagrams.comparison import compare, measured_cells, spearman
 from phase_diagrams.runner import run_sweep, work_units
 from phase_diagrams.simulated import simulate_for_spec
-from phase_diagrams.spec import SPEC_PRESETS, AxisSpec, SimSpec, SpecError, load_spec, preset_spec, spec_from_dict, spec_to_toml, task_key
+from phase_diagrams.spec import (
+    SPEC_PRESETS,
+    AxisSpec,
+    SimSpec,
+    SpecError,
+    load_spec,
+    preset_spec,
+    spec_from_dict,
+    spec_to_toml,
+    task_key,
+)
 from phase_diagrams.store import Store
 
 # A sweep of tiny networks on a Gaussian mixture: ~0.1 s per task.
