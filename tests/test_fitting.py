@@ -129,7 +129,7 @@ def test_fit_store_writes_fits_and_figures(tmp_path):
             "columns": {"field": "label_noise", "values": [0.0, 0.5]},
             "simulator": {"presets": []}}
     store = Store(tmp_path / "f.sqlite")
-    run_sweep(spec, store, backend="serial", progress=False)
+    run_sweep(store, spec, backend="serial", progress=False)
     fits = jobs.fit_job(store, "fitme", tmp_path / "fig", cells=[(0, 0), (1, 1)], progress=False,
                         n_chains=64, search_chains=32, grid=3, maxfev=40, uncertainty="bootstrap", n_bootstrap=3)
     assert sorted(zip(fits["row"], fits["col"], strict=True)) == [(0, 0), (1, 1)]
@@ -147,7 +147,7 @@ def test_fit_store_writes_fits_and_figures(tmp_path):
 def test_fit_trends_report_rank_correlations_and_monotone_medians():
     import pandas as pd
 
-    from phase_diagrams.fitting import fit_trends
+    from phase_diagrams.jobs import fit_trends
 
     rows = []
     for i, a in enumerate([0.0, 0.5, 1.0]):
@@ -192,7 +192,7 @@ def test_a_curve_the_chain_cannot_follow_is_flagged_not_converged_silently():
 def test_fit_cells_handles_cells_of_different_depths():
     import pandas as pd
 
-    from phase_diagrams.fitting import fit_cells
+    from phase_diagrams.jobs import fit_cells
 
     o = FitOptions(n_chains=32, search_chains=16, grid=3, maxfev=30, polish=6, profile_points=1,
                    cov_chains=64, n_steps=2000)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from phase_diagrams import jobs
-from phase_diagrams.plots import plot_all
 from phase_diagrams.simulated import mesh_grid
 from phase_diagrams.spec import SpecError, preset_spec, spec_from_dict
 from phase_diagrams.store import Store
@@ -39,7 +38,7 @@ def test_mesh_grid_equilibria_concentrate_the_load_at_both_ends():
 
 def test_leaky_resnet_sweep_with_its_mesh_counterpart(tmp_path):
     store = Store(tmp_path / "lr.sqlite")
-    rep = jobs.sweep_and_simulate("leaky-resnet-smoke", store, backend="serial", progress=False)
+    rep = jobs.sweep_and_simulate(store, "leaky-resnet-smoke", backend="serial", progress=False)
     assert (rep.done, rep.failed) == (4, 0)
     runs = store.runs("leaky-resnet-smoke")
     assert sorted(runs["ltilde"].unique()) == [1.0, 4.0]
@@ -49,7 +48,7 @@ def test_leaky_resnet_sweep_with_its_mesh_counterpart(tmp_path):
     assert set(sim["preset"]) == {"mesh"} and sorted(sim["alpha"].unique()) == [1.0, 4.0]
     per_cell, summary = jobs.compare_store(store, "leaky-resnet-smoke")
     assert summary.iloc[0]["n_cells"] == 4
-    paths = plot_all(store, "leaky-resnet-smoke", tmp_path / "fig")
+    paths = jobs.plot_all(store, "leaky-resnet-smoke", tmp_path / "fig")
     assert any("side_by_side_mesh" in str(p) for p in paths)
 
 
@@ -68,7 +67,7 @@ def test_curve_linearity_per_layer_and_per_depth():
 def test_bottleneck_study_writes_tables_and_figures(tmp_path):
     from phase_diagrams.bottleneck import read_table, run_bottleneck
 
-    df = run_bottleneck(tmp_path, "teacher", ltildes=[2.0, 8.0], schemes=["irregular", "adaptive"], epochs=6,
+    df = run_bottleneck("teacher", tmp_path, ltildes=[2.0, 8.0], schemes=["irregular", "adaptive"], epochs=6,
                         n_train=64, width=12, depth=6, adapt_every=2)
     assert len(df) == 4 and set(df["scheme"]) == {"irregular", "adaptive"}
     for _, r in df.iterrows():

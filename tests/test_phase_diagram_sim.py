@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 
 from phase_diagrams.__main__ import main
-from phase_diagrams.simulated import (
-    DiagramSpec,
-    friction_for,
-    plot_curvature_heatmap,
-    plot_load_curve_grid,
-    simulate_diagram,
-)
+from phase_diagrams.friction import friction_for
+from phase_diagrams.plots import plot_heatmap, plot_simulated_grid
+from phase_diagrams.simulated import DiagramSpec, simulate_diagram
 from springblock import ChainParams, theory
 
 
@@ -25,9 +21,9 @@ def test_friction_presets():
 
 
 def test_diagram_shows_three_regimes_where_the_theory_puts_them():
-    spec = DiagramSpec(preset="vary-forward", alphas=(0.0, 1.0), noises=(0.3, 0.01),
+    spec = DiagramSpec(preset="vary-forward", alphas=(0.0, 1.0), eps=(0.3, 0.01),
                        base=ChainParams(n_steps=5000), n_chains=64)
-    df = simulate_diagram(spec).set_index(["alpha", "noise"])
+    df = simulate_diagram(spec).set_index(["alpha", "eps"])
     assert df.loc[(0.0, 0.01), "regime"] == "concave"  # ReLU-like friction, weak noise: pulled profile
     assert df.loc[(0.0, 0.3), "regime"] == "linear"  # symmetric friction, strong noise
     assert df.loc[(1.0, 0.3), "regime"] == "convex"  # asymmetric friction, strong noise: ratchet
@@ -44,9 +40,9 @@ def test_diagram_shows_three_regimes_where_the_theory_puts_them():
     # eps = mu / 10: noise never frees a block at rest with a small net force (it would need a
     # ~7-sigma normal), so the three blocks the pull from rest never reached keep zero loads
     assert np.array_equal(df.loc[(0.0, 0.01), "loads"][:3], [0.0, 0.0, 0.0])
-    fig = plot_load_curve_grid(df.reset_index())
+    fig = plot_simulated_grid(df.reset_index())
     assert len(fig.axes) == 5  # 4 cells + colour bar
-    assert plot_curvature_heatmap(df.reset_index()).axes
+    assert plot_heatmap(df.reset_index(), col_key="eps").axes
 
 
 def test_cli_writes_figures(tmp_path, capsys):

@@ -31,4 +31,4 @@ def test_tutorial_runs_end_to_end(tmp_path, monkeypatch):
     assert hist.trajectory[-1, -1] < hist.trajectory[0, -1] - 0.5
     assert fit.fitted.shape == hist.trajectory.shape and np.isfinite(fit.rms)
     assert (tmp_path / "my_mlp_trajectory.png").stat().st_size > 0 and (tmp_path / "my_mlp_fit.png").exists()
-    assert len(ns["jobs"]._store("own_runs.sqlite").runs("my-mlp")) == 1
+    assert len(ns["Store"]("own_runs.sqlite").runs("my-mlp")) == 1
