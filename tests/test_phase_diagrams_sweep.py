@@ -329,9 +329,49 @@ def test_plots_from_a_stored_sweep(stored, tmp_path):
                  "tiny_side_by_side_vary-forward", "tiny_simulated_scale-both", "tiny_comparison",
                  "tiny_trajectories"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
-    assert all(p.stat().st_size > 2000 for p in paths)
     with pytest.raises(ValueError, match=r"cell \(9, 9\)"):
         jobs.plot_all(store, "tiny", tmp_path / "fig", cell=(9, 9))
+    # a saved figure is an image of the size asked for (figure inches x 130 dpi)
+    import matplotlib.image
+
+    from phase_diagrams.plots import plot_measured_grid
+
+    cells = measured_cells(store.runs("tiny"), spec_from_dict(TINY))
+    w, h = plot_measured_grid(cells).get_size_inches()
+    img = matplotlib.image.imread(tmp_path / "fig" / "tiny_measured.png")
+    assert img.shape[:2] == (round(h * 130), round(w * 130)) and img[..., :3].std() > 0.05
+
+
+def test_grid_figures_draw_the_table(stored):
+    # plots only read tables: every cell draws the normalised mean curve of its row in the table,
+    # shaded by its accuracy (darker = more accurate), with rows alpha-ascending top to bottom and
+    # the noisiest column on the left; the comparison's titles carry the summary's numbers
+    from phase_diagrams.comparison import simulated_cells
+    from phase_diagrams.plots import plot_comparison, plot_measured_grid
+    from springblock.observables import normalized_curve
+
+    store, spec, _ = stored
+    cells = measured_cells(store.runs("tiny"), spec)
+    fig = plot_measured_grid(cells)
+    grid_axes = [ax for ax in fig.axes if ax.lines]
+    assert len(grid_axes) == len(cells)
+    order = cells.sort_values(["row_value", "noise_rank"], ascending=[True, False])
+    n_cols = spec.shape[1]
+    lum = []
+    for k, (_, c) in enumerate(order.iterrows()):
+        ax = grid_axes[k]
+        line = ax.lines[-1]
+        np.testing.assert_allclose(line.get_ydata(), normalized_curve(np.asarray(c["curve"])), rtol=1e-12)
+        assert ax.get_subplotspec().rowspan.start == k // n_cols and ax.get_subplotspec().colspan.start == k % n_cols
+        lum.append((c["accuracy"], np.mean(ax.get_facecolor()[:3])))
+    acc, shade = np.array(lum).T
+    assert spearman(acc, -shade) > 0.99  # more accurate = darker background
+    sim = store.simulated("tiny")
+    per_cell, summary = compare(cells, sim, spec)
+    cfig = plot_comparison(per_cell, summary)
+    for ax, (_, s) in zip(cfig.axes, summary.iterrows(), strict=False):
+        assert f"agree {s['regime_agreement']:.0%}" in ax.get_title()
+    assert simulated_cells(sim, spec, "scale-both")["eps"].notna().all()
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
