@@ -15,7 +15,7 @@ same task function, :func:`run_unit`, runs on every backend:
     with one thread for torch/BLAS (no oversubscription).
 ``dask``
     a ``dask.distributed`` cluster: ``scheduler="tcp://host:8786"`` connects to a running
-    scheduler (e.g. one started by dask-jobqueue on SLURM, see the README); without it a
+    scheduler (e.g. one started by dask-jobqueue on SLURM, see docs/scaling-out.md); without it a
     ``LocalCluster`` of ``workers`` single-threaded processes.
 
 The runner (this process) claims a unit's tasks in the store just before it is dispatched,

@@ -81,7 +81,7 @@ def test_bottleneck_study_writes_tables_and_figures(tmp_path):
 
 def test_direction_study_rebuilds_the_trained_networks(tmp_path):
     from nets.data import load_dataset
-    from phase_diagrams.bottleneck import _teacher_set, run_directions
+    from studies.directions import _teacher_set, run_directions
 
     ds, d = _teacher_set(64, 0, "relu", "relu")
     ref = load_dataset("teacher", n_train=64)
@@ -97,13 +97,12 @@ def test_direction_study_rebuilds_the_trained_networks(tmp_path):
         assert r["sv_rel"][0] == 1.0 and np.all(np.diff(r["sv_rel"]) <= 0)
 
 
-def test_cli_direction_study_takes_lists(tmp_path, capsys):
+def test_direction_study_script_takes_lists(tmp_path, capsys):
     from phase_diagrams.bottleneck import read_table
-    from phase_diagrams.cli import main
+    from studies.directions import main
 
-    assert main(["bottleneck", "--study", "directions", "--ltilde", "2", "--weight-decay", "0.001,0.01",
-                 "--seed", "1,2", "--epochs", "2", "--n-train", "48", "--depth", "4", "--encoder", "linear",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["--ltilde", "2", "--weight-decay", "0.001,0.01", "--seed", "1,2", "--epochs", "2",
+                 "--n-train", "48", "--depth", "4", "--encoder", "linear", "--out", str(tmp_path)]) == 0
     df = read_table(tmp_path / "bottleneck_directions_linear_relu.jsonl")
     assert sorted(zip(df["weight_decay"], df["seed"], strict=True)) == [(0.001, 1), (0.001, 2), (0.01, 1), (0.01, 2)]
     assert set(df["encoder"]) == {"linear"} and len(df["coi"].iloc[0]) == 5

@@ -48,8 +48,16 @@ def test_diagram_shows_three_regimes_where_the_theory_puts_them():
 def test_cli_writes_figures(tmp_path, capsys):
     rc = main(["simulate", "--preset", "scale-both", "--out", str(tmp_path), "--chains", "8", "--steps", "500"])
     assert rc == 0
-    for name in ("simulated_scale-both_curves.png", "simulated_scale-both_curvature.pdf", "simulated_diagrams.csv"):
+    for name in ("simulated_scale-both_curves.png", "simulated_scale-both_curvature.pdf"):
         assert (tmp_path / name).stat().st_size > 1000
+    # the table: 6 alpha x 8 eps cells of the preset, and the printed regime counts are its counts
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "simulated_diagrams.csv")
+    assert len(table) == 48 and set(table["preset"]) == {"scale-both"} and table["n_chains"].eq(8).all()
+    counts = table["regime"].value_counts().to_dict()
+    assert capsys.readouterr().out.splitlines()[0].split(": ")[1] == ", ".join(
+        f"{k} {v}" for k, v in sorted(counts.items()))
     assert main(["simulate", "--preset", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown friction preset" in capsys.readouterr().err
 
