@@ -107,12 +107,12 @@ def simulate_diagram(spec: DiagramSpec, tol: float = REGIME_TOL) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def mesh_grid(ltildes, eps, rho, *, kappa: float = 1.0, pin: float = 0.5, mu_max: float = 0.1, ratio: float = 2.0,
-              n_steps: int = 10_000) -> np.ndarray:
+def mesh_grid(ltildes, eps, rho, *, kappa: float = 1.0, pin_fraction: float = 0.5, mu_max: float = 0.1,
+              ratio: float = 2.0, n_steps: int = 10_000) -> np.ndarray:
     """The mesh chains of a leaky-ResNet diagram: object array ``(len(ltildes), len(eps))``.
 
     Cell ``(i, j)``: :func:`springblock.params.mesh_chain` on the mesh ``rho`` with effective depth
-    ``ltildes[i]`` (springs ``k_ℓ ∝ 1/(L̃ ρ_ℓ)``, pinning ``κ_ℓ ∝ L̃ ρ_ℓ`` toward ``pin · y``), noise
+    ``ltildes[i]`` (springs ``k_ℓ ∝ 1/(L̃ ρ_ℓ)``, pinning ``κ_ℓ ∝ L̃ ρ_ℓ`` toward ``pin_fraction · y``), noise
     ``eps[j]``, and the friction of a ReLU network under ``scale-both`` (``μ→ = mu_max``,
     ``μ← = ratio · mu_max``); the original first-order chain otherwise (``η = 0.01``, ``y = 1``).
     """
@@ -121,7 +121,7 @@ def mesh_grid(ltildes, eps, rho, *, kappa: float = 1.0, pin: float = 0.5, mu_max
     out = np.empty((len(ltildes), len(eps)), dtype=object)
     for i, lt in enumerate(ltildes):
         for j, e in enumerate(eps):
-            out[i, j] = mesh_chain(rho, float(lt), kappa=kappa, pin_fraction=pin, mu_forward=mu_max,
+            out[i, j] = mesh_chain(rho, float(lt), kappa=kappa, pin_fraction=pin_fraction, mu_forward=mu_max,
                                    mu_backward=ratio * mu_max, eps=float(e), n_steps=n_steps)
     return out
 
@@ -140,7 +140,7 @@ def simulate_for_spec(store, spec, presets=None) -> pd.DataFrame:
     of :meth:`~phase_diagrams.store.Store.simulated`.
 
     Preset ``"mesh"`` (leaky-ResNet sweeps, rows = ``ltilde``): the cells are :func:`mesh_grid`
-    on the initial mesh of the spec's step scheme (``simulator.kappa``, ``simulator.pin``); the
+    on the initial mesh of the spec's step scheme (``simulator.kappa``, ``simulator.pin_fraction``); the
     store's ``alpha`` column then holds the row value L̃.
     """
     from phase_diagrams.spec import load_spec
@@ -158,8 +158,8 @@ def simulate_for_spec(store, spec, presets=None) -> pd.DataFrame:
             from nets.resnet import step_sizes
 
             rho = step_sizes(spec.train.step_scheme, spec.train.depth)
-            grid = mesh_grid(spec.rows.values, eps, rho, kappa=sim.kappa, pin=sim.pin, mu_max=sim.mu_max,
-                             ratio=sim.ratio, n_steps=sim.n_steps)
+            grid = mesh_grid(spec.rows.values, eps, rho, kappa=sim.kappa, pin_fraction=sim.pin_fraction,
+                             mu_max=sim.mu_max, ratio=sim.ratio, n_steps=sim.n_steps)
         else:
             grid = np.empty(spec.shape, dtype=object)
             for i, a in enumerate(spec.rows.values):

@@ -48,7 +48,7 @@ leaky-resnet-smoke 2 x 2 cells of tiny leaky ResNets on the Gaussian mixture    
 
 The leaky-ResNet presets simulate the ``mesh`` counterpart (:func:`phase_diagrams.simulated.mesh_grid`):
 one chain per cell whose springs follow the network's mesh (``k_ℓ ∝ 1/(L̃ ρ_ℓ)``) with an on-site
-potential ``κ_ℓ ∝ L̃ ρ_ℓ`` (``simulator.kappa``, ``simulator.pin``); rows are L̃, not friction.
+potential ``κ_ℓ ∝ L̃ ρ_ℓ`` (``simulator.kappa``, ``simulator.pin_fraction``); rows are L̃, not friction.
 
 Simulator mapping: row ``alpha`` → friction ``(mu->, mu<-)`` by each friction preset of
 :func:`phase_diagrams.friction.friction_for`; column value → noise ``eps`` by ``eps_map``:
@@ -179,7 +179,7 @@ class SimSpec:
     record_every: int = 100            # trajectory record interval (steps)
     seed: int = 0
     kappa: float = 1.0                 # "mesh" preset: pinning strength kappa-bar
-    pin: float = 0.5                   # "mesh" preset: bottleneck position a = pin * y
+    pin_fraction: float = 0.5          # "mesh" preset: pin position a = pin_fraction * y
 
     def __post_init__(self):
         w = "simulator."
@@ -205,7 +205,7 @@ class SimSpec:
         _check_int(w + "record_every", self.record_every, 1)
         _check_int(w + "seed", self.seed, 0)
         _check_real(w + "kappa", self.kappa, 0.0)
-        _check_real(w + "pin", self.pin)
+        _check_real(w + "pin_fraction", self.pin_fraction)
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,7 @@ _AXIS_KEYS = {"field", "values"}
 _SIM_TYPES = {
     "presets": list, "mu_max": float, "ratio": float, "eps_map": str, "eps_min": float,
     "eps_max": float, "eps": list, "n_chains": int, "n_steps": int, "record_every": int, "seed": int,
-    "kappa": float, "pin": float,
+    "kappa": float, "pin_fraction": float,
 }
 
 

@@ -153,6 +153,8 @@ def _config_defaults() -> dict:
 #: config or spec without the field was run the old way. (Before ``subset`` existed every run
 #: used the NumPy subset; the default is now the original code's subset.)
 LEGACY_DEFAULTS = {"subset": "numpy"}
+#: Spec keys renamed since a store may have been written: ``(table, old, new)``.
+LEGACY_NAMES = (("simulator", "pin", "pin_fraction"),)
 
 
 def _stored_spec(text: str):
@@ -165,6 +167,9 @@ def _stored_spec(text: str):
     train = d.setdefault("train", {})
     for name, value in LEGACY_DEFAULTS.items():
         train.setdefault(name, value)
+    for table, old, new in LEGACY_NAMES:
+        if old in d.get(table, {}):
+            d[table][new] = d[table].pop(old)
     return spec_from_dict(d)
 
 _SUMMARY = ("test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",

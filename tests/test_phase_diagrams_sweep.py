@@ -204,6 +204,12 @@ def test_serial_sweep_resumes_and_keeps_stored_rows(tmp_path):
         assert "record_every = 100\n" in text
         con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = 'tiny'", (text.replace("record_every = 100\n", ""),))
     assert run_sweep(store, TINY, backend="serial", progress=False).ran == 0
+    # ... and one with a key renamed since (simulator.pin, now pin_fraction) reads as the same spec
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = 'tiny'",
+                    (text.replace("pin_fraction = 0.5\n", "pin = 0.5\n"),))
+    assert store.sweep_spec("tiny") == spec_from_dict(TINY)
+    assert run_sweep(store, TINY, backend="serial", progress=False).ran == 0
 
 
 def test_failed_and_diverged_tasks_are_recorded(tmp_path):
