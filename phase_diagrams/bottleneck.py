@@ -46,10 +46,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from nets import LeakyResNet, TrainConfig, train_ensemble  # noqa: E402
 from nets.bottleneck import bottleneck_summary, cost_of_identity, direction_r2  # noqa: E402
 from nets.data import Dataset, teacher_data  # noqa: E402
-from nets.resnet import STEP_SCHEMES, LeakyResNet  # noqa: E402
-from nets.train import TrainConfig, train_ensemble  # noqa: E402
+from nets.mesh import STEP_SCHEMES  # noqa: E402
 from phase_diagrams.plots import _save  # noqa: E402
 
 log = logging.getLogger(__name__)

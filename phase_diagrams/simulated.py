@@ -272,7 +272,7 @@ def simulate_for_spec(spec, store=None, presets=None) -> pd.DataFrame:
     frames = []
     for preset in presets:
         if preset == MESH_PRESET:
-            from nets.resnet import step_sizes
+            from nets.mesh import step_sizes
 
             rho = step_sizes(spec.train.step_scheme, spec.train.depth)
             grid = mesh_grid(spec.rows.values, eps, rho, kappa=sim.kappa, pin=sim.pin, mu_max=sim.mu_max,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nets.train import TrainConfig
+from nets.config import TrainConfig
 from phase_diagrams import jobs
 from phase_diagrams.cli import main
 from phase_diagrams.compare import compare, measured_cells, noise_rank, spearman
