@@ -37,6 +37,12 @@ def _members(ens, x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(0).expand(ens.n_members, *x.shape)
 
 
+def _join(parts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-layer features of all chunks joined along the sample axis, contiguous ``(E, N, p_l)``
+    (the separation statistics run several times faster on contiguous rows)."""
+    return [torch.cat([p[i] for p in parts], dim=1) for i in range(len(parts[0]))]
+
+
 def mean_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     """Mean loss over the batch; ``logits`` ``(..., B, K)``, leading dims kept.
 
@@ -115,7 +121,7 @@ def probe(ens, x: torch.Tensor, labels: np.ndarray | None, k: int, *, features: 
                 ens.batch_stats_probe = False
         else:
             parts = [ens.forward_features(_members(ens, x[a:b]), features)[1] for a, b in _chunks(len(x))]
-            feats = [torch.cat([p[i] for p in parts], dim=1) for i in range(len(parts[0]))]
+            feats = _join(parts)
     ens.train(was)
     if labels is None:
         nan = np.full(len(feats), np.nan)
@@ -135,4 +141,4 @@ def stream(ens, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         parts = [ens.forward_features(_members(ens, x[a:b]))[1] for a, b in _chunks(len(x))]
     ens.train(was)
-    return [torch.cat([p[i] for p in parts], dim=1) for i in range(len(parts[0]))]
+    return _join(parts)
