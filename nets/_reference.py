@@ -24,7 +24,7 @@ from nets.data import Dataset
 from nets.evaluate import mean_loss
 from nets.history import History
 from nets.noise import epoch_batches, noisy_batch, sgld_scale, stream_seeds
-from nets.training import _fork_devices, _load, _tensors, _Track, make_model, resolve_device
+from nets.training import RunRecord, data_tensors, load_data, make_model, resolve_device, rng_devices
 
 __all__ = ["train_reference"]
 
@@ -63,15 +63,15 @@ def _features(model, x, cfg: TrainConfig) -> list[torch.Tensor]:
 
 def train_reference(cfg: TrainConfig, *, dataset: Dataset | None = None, cache_dir=None) -> History:
     """Train one network under ``cfg`` with the plain loop; the :class:`History` of :func:`nets.train`."""
-    ds = _load(cfg, dataset, cache_dir)
+    ds = load_data(cfg, dataset, cache_dir)
     dev, dtype = resolve_device(cfg.device), {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
     k = ds.n_classes
     t0 = time.perf_counter()
-    x, y, xt, yt, xp, yp, bs = _tensors(ds, cfg, dev, dtype)
+    x, y, xt, yt, xp, yp, bs = data_tensors(ds, cfg, dev, dtype)
     n = len(y)
-    tr = _Track(cfg, ds.task)
+    tr = RunRecord(cfg, ds.task)
     leaky = cfg.model == "leaky_resnet"
-    with torch.random.fork_rng(devices=_fork_devices(dev)):
+    with torch.random.fork_rng(devices=rng_devices(dev)):
         init_seed, noise_seed, drop_seed = stream_seeds(cfg.seed)
         model = make_model(cfg, ds, init_seed, dev, dtype)
         params = list(model.parameters())

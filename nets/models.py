@@ -253,6 +253,15 @@ class _Ensemble(nn.Module):
             out[n] = self.buf(n)[e].clone()
         return out
 
+    def load_member_state_dict(self, e: int, state: dict[str, torch.Tensor]) -> None:
+        """Copy a state dict in the single model's layout (:meth:`member_state_dict`) into member
+        ``e``, in place."""
+        with torch.no_grad():
+            for n, p in zip(self._names, self.params, strict=True):
+                p[e].copy_(state[n])
+            for n in self._buffer_names:
+                self.buf(n)[e].copy_(state[n])
+
     def _bn(self, h, prefix):
         """Per-member batch norm: ``h`` is ``(N, E*c, ...)`` with member ``e``'s channel ``j`` at
         ``e*c + j`` (``(1, E*c, B)`` for the MLP, ``(B, E*c, H, W)`` for the CNN); statistics

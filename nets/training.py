@@ -152,7 +152,8 @@ def _check_configs(configs) -> None:
 # ---------------------------------------------------------------------------------------------
 # set-up
 # ---------------------------------------------------------------------------------------------
-def _fork_devices(dev: torch.device):
+def rng_devices(dev: torch.device) -> list:
+    """The CUDA devices whose RNG state ``torch.random.fork_rng`` must save for ``dev``."""
     if dev.type == "cuda":
         return [dev.index if dev.index is not None else torch.cuda.current_device()]
     return []
@@ -162,7 +163,8 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def _load(cfg: TrainConfig, dataset: Dataset | None, cache_dir) -> Dataset:
+def load_data(cfg: TrainConfig, dataset: Dataset | None, cache_dir) -> Dataset:
+    """``dataset`` if given, else the data set named by ``cfg`` (:func:`nets.data.load_dataset`)."""
     if dataset is not None:
         return dataset
     return load_dataset(cfg.dataset, root=cfg.data_root, cache_dir=cache_dir,
@@ -170,7 +172,7 @@ def _load(cfg: TrainConfig, dataset: Dataset | None, cache_dir) -> Dataset:
                         subset=cfg.subset)
 
 
-def _tensors(ds: Dataset, cfg: TrainConfig, dev, dtype):
+def data_tensors(ds: Dataset, cfg: TrainConfig, dev, dtype):
     """Training, test and probe tensors on ``dev``, the probe labels (None for regression) and the
     batch size."""
     def t(a, dt):
@@ -205,8 +207,10 @@ def make_model(cfg: TrainConfig, ds: Dataset, init_seed: int, dev, dtype) -> tor
 # ---------------------------------------------------------------------------------------------
 # per-network bookkeeping
 # ---------------------------------------------------------------------------------------------
-class _Track:
-    """What one network's run records (becomes its :class:`History`)."""
+class RunRecord:
+    """What one network's run records (becomes its :class:`History`); shared with the reference
+    loop :mod:`nets._reference`, like :func:`load_data`, :func:`data_tensors` and
+    :func:`make_model`."""
 
     def __init__(self, cfg: TrainConfig, task: str):
         self.cfg = cfg
@@ -291,30 +295,22 @@ def _snapshot(ens, e) -> dict:
     return {n: v.cpu() for n, v in ens.member_state_dict(e).items()}
 
 
-def _restore(ens, e, state):
-    with torch.no_grad():
-        for n, p in zip(ens._names, ens.params, strict=True):
-            p[e].copy_(state[n])
-        for n in ens._buffer_names:
-            ens.buf(n)[e].copy_(state[n])
-
-
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
 def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
     """Train configs that share :func:`ensemble_key` as one stacked model."""
     ref = cfgs[0]
-    ds = _load(ref, dataset, cache_dir)
+    ds = load_data(ref, dataset, cache_dir)
     dev, dtype = resolve_device(ref.device), _dtype(ref.dtype)
     k = ds.n_classes
     e_count = len(cfgs)
     t0 = time.perf_counter()
-    x, y, xt, yt, xp, yp, bs = _tensors(ds, ref, dev, dtype)
+    x, y, xt, yt, xp, yp, bs = data_tensors(ds, ref, dev, dtype)
     n = len(y)
-    tracks = [_Track(c, ds.task) for c in cfgs]
+    tracks = [RunRecord(c, ds.task) for c in cfgs]
     leaky = ref.model == "leaky_resnet"
-    with torch.random.fork_rng(devices=_fork_devices(dev)):
+    with torch.random.fork_rng(devices=rng_devices(dev)):
         seeds = [stream_seeds(c.seed) for c in cfgs]
         members = [make_model(c, ds, s[0], dev, dtype) for c, s in zip(cfgs, seeds, strict=True)]
         ens = (EnsembleLeakyResNet.from_members(members) if leaky else build_ensemble(members)).to(dev)
@@ -407,7 +403,7 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
                         stopping.append(m)
             for m in stopping:
                 if m in frozen:  # a diverged member: back to its state before the bad step
-                    _restore(ens, m, frozen[m])
+                    ens.load_member_state_dict(m, frozen[m])
             due = [m for m in range(e_count)
                    if (m in live or m in stopping) and tracks[m].probe_due(epoch)]
             if due:
