@@ -15,7 +15,7 @@ import torch
 
 from nets import cli, train, train_ensemble
 from nets._reference import train_reference
-from nets.config import TrainConfig, config_grid
+from nets.config import TrainConfig, coerce_field, config_grid, parse_field
 from nets.data import load_dataset
 from nets.noise import noisy_batch, stream_seeds
 
@@ -50,11 +50,35 @@ def test_defaults_are_the_original_protocol():
     [("alpha", -0.1), ("alpha", 2), ("dropout", 1.0), ("label_noise", 1.5), ("lr", 0.0),
      ("lr", float("nan")), ("epochs", 0), ("batch_size", 0), ("model", "resnet"),
      ("optimizer", "lbfgs"), ("loss", "hinge"), ("dataset", "imagenet"), ("device", "tpu"),
-     ("sgld_temperature", -1.0), ("depth", 2.5), ("probe_every", -1), ("dtype", "float16")],
+     ("sgld_temperature", -1.0), ("depth", 2.5), ("probe_every", -1), ("dtype", "float16"),
+     # types are exact: no numeric strings, no bools for numbers, no floats for ints
+     ("epochs", "10"), ("epochs", 2.0), ("seed", True), ("alpha", "0.1"), ("lr", False),
+     ("batch_norm", 1), ("probe_accuracy", "yes"), ("data_root", 3), ("model", None)],
 )
 def test_bad_config_names_field_and_value(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}={value!r}"):
         TrainConfig(**{field: value})
+
+
+def test_coerce_and_parse_fields():
+    assert coerce_field("lr", 1) == 1.0 and isinstance(coerce_field("lr", 1), float)
+    assert coerce_field("batch_size", "none") is None and coerce_field("data_root", None) is None
+    assert coerce_field("model", "cnn") == "cnn" and coerce_field("batch_norm", False) is False
+    for name, value, got in (("epochs", "10", "str"), ("epochs", 1.0, "float"), ("lr", True, "bool"),
+                             ("batch_norm", 0, "int"), ("model", 3, "int"), ("n_train", "2560", "str")):
+        with pytest.raises(ValueError, match=rf"^train\.{name}: expected \w+, got {got} "):
+            coerce_field(name, value, where=f"train.{name}")
+    with pytest.raises(ValueError, match="unknown TrainConfig field 'bogus'"):
+        coerce_field("bogus", 1)
+    assert parse_field("batch_size", "none") is None and parse_field("lr", "3e-3") == 3e-3
+    assert parse_field("batch_norm", "off") is False and parse_field("epochs", " 12 ") == 12
+    for name, text in (("epochs", "1.5"), ("batch_norm", "maybe"), ("alpha", "x")):
+        with pytest.raises(ValueError, match=rf"--{name.replace('_', '-')}: cannot read"):
+            parse_field(name, text)
+    c = TrainConfig.from_dict({"alpha": 1, "batch_size": "none", "epochs": 3})
+    assert c == TrainConfig(alpha=1.0, epochs=3) and isinstance(c.alpha, float)
+    with pytest.raises(ValueError, match=r"rec\.epochs: expected int, got str"):
+        TrainConfig.from_dict({"epochs": "3"}, where="rec")
 
 
 def test_batch_size_checks():
