@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
+from nets import TrainConfig, train_ensemble
 from nets.bottleneck import bottleneck_summary
-from nets.resnet import STEP_SCHEMES
-from nets.train import TrainConfig, train_ensemble
+from nets.mesh import STEP_SCHEMES
 from phase_diagrams.plots import save_figure, subplots
 
 log = logging.getLogger(__name__)

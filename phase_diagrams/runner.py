@@ -63,7 +63,7 @@ def run_unit(configs: list[dict], data_dir: str | None = None, threads: int = 1)
     """
     import torch
 
-    from nets.train import TrainConfig, train, train_ensemble
+    from nets import TrainConfig, train, train_ensemble
 
     before = torch.get_num_threads()
     torch.set_num_threads(int(threads))
@@ -90,7 +90,7 @@ def _failed(config: dict, message: str) -> dict:
 def work_units(tasks: list[dict], ensemble_size: int) -> list[list[dict]]:
     """Group tasks (as :meth:`GridSpec.tasks`) into ensembles of at most ``ensemble_size``
     compatible configs, keeping the task order (one column's rows together)."""
-    from nets.train import ensemble_key
+    from nets.config import ensemble_key
 
     groups: dict[tuple, list[dict]] = {}
     for t in tasks:

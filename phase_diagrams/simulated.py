@@ -155,7 +155,7 @@ def simulate_for_spec(store, spec, presets=None) -> pd.DataFrame:
     frames = []
     for preset in presets:
         if preset == MESH_PRESET:
-            from nets.resnet import step_sizes
+            from nets.mesh import step_sizes
 
             rho = step_sizes(spec.train.step_scheme, spec.train.depth)
             grid = mesh_grid(spec.rows.values, eps, rho, kappa=sim.kappa, pin_fraction=sim.pin_fraction,

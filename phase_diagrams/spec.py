@@ -71,14 +71,13 @@ import hashlib
 import json
 import math
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tomllib
 
-from nets.train import TrainConfig
+from nets.config import TrainConfig, coerce_field
 from phase_diagrams.friction import FRICTION_PRESETS, MESH_PRESET, SIM_PRESETS
 
 __all__ = [
@@ -111,7 +110,6 @@ NOISE_DIRECTION = {
 }
 EPS_MAPS = ("rank", "linear", "log", "explicit")
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_TRAIN_HINTS = typing.get_type_hints(TrainConfig)
 #: The rows of the original panels: LeakyReLU slopes (0 = ReLU).
 ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _MAX_INT = 2**63 - 1  # SQLite INTEGER
@@ -421,16 +419,10 @@ def _unknown(where: str, keys, allowed):
 
 def _train_value(where: str, name: str, value):
     """Check one TrainConfig field value from TOML; ``"none"`` means None for optional fields."""
-    hint = _TRAIN_HINTS[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if optional and isinstance(value, str) and value.lower() == "none":
-        return None
-    if base is str and optional and isinstance(value, str):
-        return value
-    _check_type(where, value, base)
-    return float(value) if base is float else value
+    try:
+        return coerce_field(name, value, where=where)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
 
 
 def _train_config(where: str, fields: dict) -> TrainConfig:

@@ -144,7 +144,7 @@ def _config_defaults() -> dict:
     """Defaults of the training config, for fields a stored config omits (written only when set)."""
     import dataclasses
 
-    from nets.train import TrainConfig
+    from nets.config import TrainConfig
 
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 

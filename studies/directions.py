@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nets import LeakyResNet, TrainConfig, train_ensemble
 from nets.bottleneck import bottleneck_summary, cost_of_identity, direction_r2
 from nets.data import Dataset, teacher_data
-from nets.resnet import STEP_SCHEMES, LeakyResNet
-from nets.train import TrainConfig, train_ensemble
+from nets.mesh import STEP_SCHEMES
 from phase_diagrams.bottleneck import TEACHER_DEFAULTS, write_table
 
 log = logging.getLogger(__name__)

@@ -114,8 +114,8 @@ def test_teacher_bottleneck_acceptance_at_ltilde_12():
     # The README's acceptance protocol (λ = 1e-2) at one L̃ (~2 min on one core): a bottleneck with
     # COI within 0.5 of k* = 3 in the middle (measured 3.17, the 4th direction still decaying
     # along the depth at L̃ = 12), k̂ near k* = 3 (2.92), kinetic energy at both ends (0.98).
+    from nets import TrainConfig, train
     from nets.bottleneck import bottleneck_summary
-    from nets.train import TrainConfig, train
     from phase_diagrams.bottleneck import TEACHER_DEFAULTS
 
     h = train(TrainConfig(**TEACHER_DEFAULTS, ltilde=12.0))

@@ -4,6 +4,8 @@ measured-vs-simulated comparison."""
 
 import dataclasses
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,27 +242,40 @@ def _sweep_cmd(spec_path, store_path, *extra):
 
 
 def test_sigkilled_sweep_resumes_without_loss(tmp_path):
-    spec = {**TINY, "train": {**TINY["train"], "epochs": 150}}  # ~0.3 s per task
+    # A deterministic kill point, whatever the machine's speed: the second column reads its data
+    # from a FIFO, so the serial runner (column by column) commits the first column's 3 tasks and
+    # then blocks opening the FIFO until it is killed.
+    from nets.data import gaussian_mixture
+
+    good, fifo = tmp_path / "good.npz", tmp_path / "late.npz"
+    np.savez(good, **gaussian_mixture(128, 100, dim=9, seed=0))
+    os.mkfifo(fifo)
+    spec = {**TINY, "train": {**TINY["train"], "dataset": "npz", "image_size": "none"},
+            "rows": {"field": "alpha", "values": [0.0, 0.5, 1.0]},
+            "columns": {"field": "data_root", "values": [str(good), str(fifo)]},
+            "simulator": {**TINY["simulator"], "presets": []}}
     path, db = _toml(tmp_path, spec), tmp_path / "k.sqlite"
     store = Store(db)
     proc = subprocess.Popen(_sweep_cmd(path, db), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    deadline = time.monotonic() + 300  # a safety net only: the runner blocks on the FIFO
+    while time.monotonic() < deadline and proc.poll() is None:
         if "tiny" in store.sweeps() and store.progress("tiny")["done"] >= 3:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()  # blocked on the FIFO, not finished or dead
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert store.integrity_check() == "ok"
     before = store.runs("tiny")
-    n = len(before)
-    assert 3 <= n < 12, f"kill landed after {n} tasks"
+    assert len(before) == 3 and set(before["data_root"]) == {str(good)}
     assert store.live_claims() == set()  # the dead runner's claim is stale
+    fifo.unlink()
+    shutil.copy(good, fifo)  # the second column's data, now readable
     rep = run_sweep(store, load_spec(path), backend="serial", progress=False)
-    assert rep.already_done == n and rep.ran == 12 - n
+    assert rep.already_done == 3 and rep.ran == 3
     after = store.runs("tiny")
-    assert len(after) == 12 and after["key"].is_unique and set(after["status"]) == {"done"}
+    assert len(after) == 6 and after["key"].is_unique and set(after["status"]) == {"done"}
     merged = before.merge(after, on="key", suffixes=("_a", "_b"))
     assert (merged["finished_at_a"] == merged["finished_at_b"]).all()
 
@@ -274,7 +289,9 @@ def test_two_runners_share_a_store_without_duplicates(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     ran = [int(o[0].split(" ran ")[1].split()[0]) for o in outs]
-    assert sum(ran) == 12 and min(ran) > 0, outs  # the work was split, nothing trained twice
+    # nothing trained twice, nothing lost; how the 12 tasks split between the two runners depends
+    # on their start-up times (one may take them all), so it is not asserted
+    assert sum(ran) == 12, outs
     store = Store(db)
     runs = store.runs("tiny")
     assert len(runs) == 12 and runs["key"].is_unique and store.integrity_check() == "ok"
