@@ -4,7 +4,7 @@
     report = run_sweep("runs.sqlite", load_spec("label-noise"), backend="joblib", workers=2)
 
 Tasks whose configs differ only in member-varying fields (alpha, label noise, lr, dropout, seed,
-...; :data:`nets.train.ENSEMBLE_VARYING`) are trained together as one batched ensemble
+...; :data:`nets.config.ENSEMBLE_VARYING`) are trained together as one batched ensemble
 (:func:`nets.train_ensemble`) of at most ``spec.ensemble_size`` networks — a *work unit*. The
 same task function, :func:`run_unit`, runs on every backend:
 
