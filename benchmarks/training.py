@@ -6,7 +6,7 @@ Prints a table with
 
 1. **Ensemble FLOP/s vs a large matmul.** A float32 ``n × n`` matrix product (``n = 2048``)
    sets the machine's practical peak on the same threads. The ensemble path
-   (:func:`nets.train.train_ensemble`) trains ``E`` original-protocol MLPs (7 × 100, 10×10
+   (:func:`nets.train_ensemble`) trains ``E`` original-protocol MLPs (7 × 100, 10×10
    MNIST, full batch of 2560, Adam) and its rate is counted as
 
        FLOPs per epoch = 3 × 2 × Σ_layers (d_in · d_out) × N_train × E
@@ -18,7 +18,7 @@ Prints a table with
 2. **Ensemble vs one by one on small batches.** The batch-size panel's smallest batches
    (``batch_size = 10``, one epoch = 256 Adam steps on 2560 images): ``E`` networks (α in
    {0, 0.2, …, 1} × seeds) trained as one ensemble vs the same networks trained one after
-   another with :func:`nets.train.train`. Both paths run 1 and 3 epochs; the difference is the
+   another with :func:`nets.train`. Both paths run 1 and 3 epochs; the difference is the
    steady-state wall time per epoch (target ratio ≥ 5×: a panel run is 100 epochs, so this is
    what its wall time is made of), the remainder the fixed cost (set-up, final probe, test
    accuracy). Also printed: the whole 1-epoch runs and the projected 100-epoch protocol.
@@ -34,8 +34,9 @@ import time
 
 import torch
 
+from nets import TrainConfig, train, train_ensemble
+from nets.config import config_grid
 from nets.data import load_dataset
-from nets.train import TrainConfig, config_grid, train, train_ensemble
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:

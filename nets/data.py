@@ -56,6 +56,7 @@ __all__ = [
     "DataNotFoundError",
     "Dataset",
     "DATASETS",
+    "DATASET_ALIASES",
     "MNIST_WHEEL",
     "MNIST_SHA256",
     "default_cache_dir",
@@ -87,7 +88,8 @@ MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "gaussian", "npz", "teacher")
-_ALIASES = {
+#: Accepted spellings of the data set names (lower case) → the canonical name.
+DATASET_ALIASES = {
     "mnist": "mnist",
     "fashion-mnist": "fashion-mnist",
     "fashion_mnist": "fashion-mnist",
@@ -756,14 +758,14 @@ def load_dataset(name: str = "mnist", *, root=None, cache_dir=None, image_size: 
     key = str(name).lower()
     if key.endswith(".npz") and root is None:
         key, root = "npz", name
-    if key not in _ALIASES:
+    if key not in DATASET_ALIASES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS} or a .npz path")
     if subset not in SUBSETS:
         raise ValueError(f"subset {subset!r}: choose one of {', '.join(SUBSETS)}")
     if image_size is not None and int(image_size) < 0:
         raise ValueError(f"image_size must be >= 1 or None, got {image_size!r}")
     return _load_dataset_cached(
-        _ALIASES[key],
+        DATASET_ALIASES[key],
         None if root is None else str(root),
         None if cache_dir is None else str(cache_dir),
         int(image_size) if image_size else None,

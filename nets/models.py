@@ -219,6 +219,7 @@ class _Ensemble(nn.Module):
         for j, n in enumerate(self._buffer_names):
             self.register_buffer(f"_buf{j}", torch.stack([mb[n] for mb in mbufs]).clone())
         self.alphas = [float(m.alpha) for m in members]
+        self._one_alpha = len(set(self.alphas)) == 1
         self._slope_cache: dict = {}
         self.dropout_p = [float(m.dropout) for m in members]
         self.batch_norm = ref.batch_norm
@@ -251,6 +252,15 @@ class _Ensemble(nn.Module):
         for n in self._buffer_names:
             out[n] = self.buf(n)[e].clone()
         return out
+
+    def load_member_state_dict(self, e: int, state: dict[str, torch.Tensor]) -> None:
+        """Copy a state dict in the single model's layout (:meth:`member_state_dict`) into member
+        ``e``, in place."""
+        with torch.no_grad():
+            for n, p in zip(self._names, self.params, strict=True):
+                p[e].copy_(state[n])
+            for n in self._buffer_names:
+                self.buf(n)[e].copy_(state[n])
 
     def _bn(self, h, prefix):
         """Per-member batch norm: ``h`` is ``(N, E*c, ...)`` with member ``e``'s channel ``j`` at
@@ -288,8 +298,11 @@ class _Ensemble(nn.Module):
         ``α ∈ [0, 1]``), so values and gradient equal ``nn.LeakyReLU``'s (``x`` if ``x > 0``
         else ``α x``; derivative 1 or ``α``). Built from light elementwise kernels (a
         broadcast ``torch.where`` is several times slower on CPU). The slopes are repeated
-        ``repeat`` times and shaped ``slope_shape`` to broadcast against ``h``.
+        ``repeat`` times and shaped ``slope_shape`` to broadcast against ``h``. When all members
+        share one slope (always for an ensemble of one), ``F.leaky_relu`` itself (faster).
         """
+        if self._one_alpha:
+            return F.leaky_relu(h, self.alphas[0])
         key = (h.dtype, h.device, tuple(slope_shape), repeat)
         if key not in self._slope_cache:  # exact slopes in the activation dtype, as nn.LeakyReLU
             slopes = torch.tensor(self.alphas, dtype=h.dtype, device=h.device)

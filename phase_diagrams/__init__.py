@@ -1,17 +1,20 @@
-"""Noise x nonlinearity phase diagrams: sweeps of real networks, their spring-block counterpart,
-a SQLite store, figures and the comparison (SPEC §4).
+"""Noise × nonlinearity phase diagrams: sweeps of real networks, their spring-block counterpart,
+a SQLite store, figures, the comparison, per-cell fits and the calibrated chain (SPEC §4–5).
 
-    from phase_diagrams import load_spec, run_sweep, plot_all, jobs
-    spec = load_spec("label-noise")                    # a preset, or a TOML file
-    run_sweep(spec, "runs.sqlite", backend="joblib")   # resumable; dask for clusters
-    jobs.run_main("label-noise-small")                 # the README's main job
+    from phase_diagrams import load_spec, run_sweep, plot_all, calibrate, Store
+    run_sweep("runs.sqlite", "label-noise", backend="joblib")   # resumable; dask for clusters
+    plot_all("runs.sqlite", "label-noise", "figures")
+    cal = calibrate(Store("runs.sqlite").runs("label-noise"))
 
-Public names are loaded lazily (``import phase_diagrams`` imports neither torch nor numba).
+Every function that takes a store takes it first, as a path or a :class:`Store`. The command
+line (``python -m phase_diagrams``) calls :mod:`phase_diagrams.jobs`. Public names are loaded
+lazily (``import phase_diagrams`` imports neither torch nor numba).
 """
 
 from importlib import import_module
 
 _LAZY = {
+    # specs
     "GridSpec": "phase_diagrams.spec",
     "SimSpec": "phase_diagrams.spec",
     "AxisSpec": "phase_diagrams.spec",
@@ -19,31 +22,31 @@ _LAZY = {
     "load_spec": "phase_diagrams.spec",
     "preset_spec": "phase_diagrams.spec",
     "spec_to_toml": "phase_diagrams.spec",
+    "friction_for": "phase_diagrams.friction",
+    # store and sweeps
     "Store": "phase_diagrams.store",
     "run_sweep": "phase_diagrams.runner",
-    "run_unit": "phase_diagrams.runner",
     "SweepReport": "phase_diagrams.runner",
-    "measured_cells": "phase_diagrams.compare",
-    "compare": "phase_diagrams.compare",
-    "plot_all": "phase_diagrams.plots",
+    # the simulated counterpart
     "DiagramSpec": "phase_diagrams.simulated",
     "simulate_diagram": "phase_diagrams.simulated",
     "simulate_for_spec": "phase_diagrams.simulated",
-    "run_simulated_diagrams": "phase_diagrams.simulated",
-    "plot_load_curve_grid": "phase_diagrams.simulated",
-    "plot_curvature_heatmap": "phase_diagrams.simulated",
-    "friction_for": "phase_diagrams.simulated",
-    "mesh_grid": "phase_diagrams.simulated",
+    # comparison, figures
+    "measured_cells": "phase_diagrams.comparison",
+    "compare": "phase_diagrams.comparison",
+    "seed_ceiling": "phase_diagrams.comparison",
+    "plot_all": "phase_diagrams.jobs",
+    # per-cell fits
     "fit_curve": "phase_diagrams.fitting",
     "FitOptions": "phase_diagrams.fitting",
     "FitResult": "phase_diagrams.fitting",
+    "fit_store": "phase_diagrams.jobs",
+    # calibration
     "calibrate": "phase_diagrams.calibration",
     "Calibration": "phase_diagrams.calibration",
     "CalibrationOptions": "phase_diagrams.calibration",
-    "seed_ceiling": "phase_diagrams.compare",
+    # leaky-ResNet bottleneck studies
     "run_bottleneck": "phase_diagrams.bottleneck",
-    "teacher_study": "phase_diagrams.bottleneck",
-    "load_curve_study": "phase_diagrams.bottleneck",
 }
 
 __all__ = sorted(_LAZY) + ["jobs"]

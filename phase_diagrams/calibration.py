@@ -17,7 +17,7 @@ The family of maps
 
     (``e1 < e0`` counts as ``e1 = e0``: eps never falls with more noise) —
     eleven knobs ``f0 rf pf b0 rb pb e0 e1 h lam tau`` (:data:`KNOBS`), each smooth. The family
-    contains the three friction presets of :func:`phase_diagrams.simulated.friction_for`
+    contains the three friction presets of :func:`phase_diagrams.friction.friction_for`
     (``scale-both``: rf = rb = 0, b0 = ratio f0, pf = pb = 1; ``vary-forward``: rf = 0, rb = 1;
     ``vary-asymmetry``: rf = 1, rb = ratio) and the spec's ``rank`` noise map (h = 1). The
     asymmetry ``mu<- − mu->`` may be non-monotone in alpha (pf ≠ pb), ``eps > 0`` at zero added
@@ -73,7 +73,7 @@ Uncertainty
     from ``N(θ̂, cov)``.
 Scores (:meth:`Calibration.scores`)
     Each a refit from scratch on part of the data, judged on the rest, next to the ceiling (each
-    seed against the mean of the other seeds, :func:`phase_diagrams.compare.seed_ceiling`):
+    seed against the mean of the other seeds, :func:`phase_diagrams.comparison.seed_ceiling`):
     held-out seed (fit the other seeds' mean, predict this seed's regimes), leave-one-column-out
     and leave-one-row-out (fit the other cells, predict the left-out ones against the all-seed
     mean; the ceiling on the same cells). Regime agreement and Spearman of c/Σd and of c.
@@ -104,7 +104,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from phase_diagrams.compare import seed_ceiling, spearman
+from phase_diagrams.comparison import seed_ceiling, spearman
 from phase_diagrams.spec import NOISE_DIRECTION
 from springblock.observables import REGIME_TOL, curvature, normalized_curvature, regime
 
@@ -694,7 +694,7 @@ class Calibration:
         ``knob -> bool``: False where the interval reaches a search bound (or was held fixed).
     objective : float
         ``J`` at the fit (module docstring).
-    ceiling : (per_cell, per_seed) of :func:`phase_diagrams.compare.seed_ceiling`
+    ceiling : (per_cell, per_seed) of :func:`phase_diagrams.comparison.seed_ceiling`
     data : the :class:`CellData` fitted
     fitted_knobs : the knobs that were fitted (all, or the noise knobs in a transfer)
     transfer_from : the calibration whose friction map, lam and tau were kept (or None)

@@ -12,7 +12,7 @@ Commands (each calls one documented Python function)
 ``status --store S``
     Progress of every sweep in a store (:func:`phase_diagrams.jobs.status_table`).
 ``plot --store S [--sweep NAME] [--out DIR] [--cell ROW,COL]``
-    Every figure of a stored sweep (:func:`phase_diagrams.plots.plot_all`).
+    Every figure of a stored sweep (:func:`phase_diagrams.jobs.plot_all`).
 ``compare --store S [--sweep NAME] [--csv FILE]``
     Regime agreement and Spearman correlation per friction preset
     (:func:`phase_diagrams.jobs.compare_store`).
@@ -33,12 +33,10 @@ Commands (each calls one documented Python function)
 ``spec PRESET [--out FILE]``
     Print a preset as TOML, to copy and edit (:func:`phase_diagrams.spec.spec_to_toml`).
 ``simulate [--preset P|all] [--out DIR] ...``
-    The stand-alone simulated diagrams (:func:`phase_diagrams.simulated.run_simulated_diagrams`).
-``bottleneck [--study teacher|load|directions] [--out DIR] [--ltilde 1,2,4,8,16] [--schemes ...] [--epochs N] ...``
+    The stand-alone simulated diagrams (:func:`phase_diagrams.jobs.simulate_job`).
+``bottleneck [--study teacher|load] [--out DIR] [--ltilde 1,2,4,8,16] [--schemes ...] [--epochs N] ...``
     Leaky-ResNet bottleneck studies and their figures (:func:`phase_diagrams.bottleneck.run_bottleneck`):
-    singular values across depth, COI / kinetic energy / k̂ along the depth, load curves; ``--study
-    directions`` (:func:`phase_diagrams.bottleneck.run_directions`) takes comma-separated
-    ``--weight-decay`` and ``--seed`` lists and ``--encoder``/``--decoder relu|linear`` (control teachers).
+    singular values across depth, COI / kinetic energy / k̂ along the depth, load curves.
 """
 
 from __future__ import annotations
@@ -52,8 +50,8 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from phase_diagrams.friction import FRICTION_PRESETS
     from phase_diagrams.runner import BACKENDS
-    from phase_diagrams.simulated import PRESETS as FRICTION
 
     ap = argparse.ArgumentParser(prog="python -m phase_diagrams", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -131,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None)
 
     sim = sub.add_parser("simulate", help="stand-alone simulated friction x noise diagrams")
-    sim.add_argument("--preset", default="all", help=f"one of {', '.join(FRICTION)}, or 'all' (default)")
+    sim.add_argument("--preset", default="all", help=f"one of {', '.join(FRICTION_PRESETS)}, or 'all' (default)")
     sim.add_argument("--out", default="figures", help="output directory (default figures/)")
     sim.add_argument("--chains", type=int, default=256, help="chains per cell (default 256)")
     sim.add_argument("--steps", type=int, default=10_000, help="time steps (default 10000)")
@@ -140,20 +138,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ratio", type=float, default=2.0)
 
     b = sub.add_parser("bottleneck", help="leaky-ResNet bottleneck studies (teacher k* = 3, or load curves)")
-    b.add_argument("--study", default="teacher", choices=("teacher", "load", "directions"))
+    b.add_argument("--study", default="teacher", choices=("teacher", "load"))
     b.add_argument("--out", default="figures", help="output directory (default figures/)")
     b.add_argument("--ltilde", default="1,2,4,8,16", help="effective depths, comma-separated")
     b.add_argument("--schemes", default="equidistant,irregular,adaptive", help="step schemes, comma-separated")
     b.add_argument("--dataset", default=None, help="load study: mnist (default) or fashion-mnist")
     b.add_argument("--epochs", type=int, default=None)
     b.add_argument("--lr", type=float, default=None)
-    b.add_argument("--weight-decay", default=None, help="lambda (directions study: comma-separated values)")
+    b.add_argument("--weight-decay", type=float, default=None, help="lambda")
     b.add_argument("--n-train", type=int, default=None)
     b.add_argument("--depth", type=int, default=None, help="residual steps L (default 20)")
     b.add_argument("--adapt-every", type=int, default=None)
-    b.add_argument("--seed", default="1", help="seed (directions study: comma-separated seeds)")
-    b.add_argument("--encoder", default="relu", choices=("relu", "linear"), help="directions study: teacher encoder")
-    b.add_argument("--decoder", default="relu", choices=("relu", "linear"), help="directions study: teacher decoder")
+    b.add_argument("--seed", type=int, default=1)
     b.add_argument("--data", default=None, help="MNIST cache dir (default $SPRINGBLOCK_DATA or ./data)")
     return ap
 
@@ -253,6 +249,9 @@ def _fit_curve_file(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command line draws files only; the library never picks a backend
     level = logging.WARNING - 10 * min(args.verbose + (args.command in ("run", "sweep", "simulate", "fit",
                                                                          "bottleneck", "calibrate")), 2)
     logging.basicConfig(level=level, format="%(message)s")
@@ -262,7 +261,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if args.command == "run":
-            res = jobs.run_main(args.spec, args.store, args.out, simulate=not args.no_simulate,
+            res = jobs.run_main(args.store, args.spec, args.out, simulate=not args.no_simulate,
                                 calibrate=not args.no_calibrate, **_sweep_kw(args))
             print(res["report"].line())
             if res["summary"] is not None:
@@ -272,18 +271,15 @@ def main(argv=None) -> int:
                 _print_summary(res["scores"])
             print(f"wrote {len(res['figures'])} figure files to {args.out}/ in {time.perf_counter() - t0:.0f} s")
         elif args.command == "sweep":
-            report = jobs.sweep_and_simulate(args.spec, args.store, simulate=not args.no_simulate, **_sweep_kw(args))
+            report = jobs.sweep_and_simulate(args.store, args.spec, simulate=not args.no_simulate, **_sweep_kw(args))
             print(report.line())
             return 1 if report.failed else 0
         elif args.command == "status":
             table = jobs.status_table(args.store)
             print(table.to_string(index=False) if not table.empty else f"{args.store}: no sweeps")
         elif args.command == "plot":
-            from phase_diagrams.plots import plot_all
-
-            store = jobs._store(args.store)
             cell = tuple(int(v) for v in args.cell.split(",")) if args.cell else None
-            paths = plot_all(store, jobs._one_sweep(store, args.sweep), args.out, cell=cell)
+            paths = jobs.plot_all(args.store, args.sweep, args.out, cell=cell)
             print("\n".join(str(p) for p in paths))
         elif args.command == "compare":
             per_cell, summary = jobs.compare_store(args.store, args.sweep)
@@ -302,10 +298,8 @@ def main(argv=None) -> int:
                                 workers=args.workers or os.cpu_count() or 1, progress=not args.no_progress,
                                 uncertainty=args.uncertainty, n_chains=args.chains)
             _print_fit_table(fits)
-            from phase_diagrams.fitting import fit_trends
-
             print("\ntrends over the grid (medians by alpha ascending / by noise, least noisy first):")
-            _print_summary(fit_trends(fits))
+            _print_summary(jobs.fit_trends(fits))
             print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
         elif args.command == "calibrate":
             from phase_diagrams.calibration import CalibrationOptions
@@ -330,45 +324,30 @@ def main(argv=None) -> int:
             else:
                 print(text, end="")
         elif args.command == "simulate":
-            from phase_diagrams.simulated import PRESETS, run_simulated_diagrams
             from springblock import ChainParams
 
-            presets = PRESETS if args.preset == "all" else (args.preset,)
-            table = run_simulated_diagrams(args.out, presets, base=ChainParams(n_steps=args.steps),
-                                           n_chains=args.chains, seed=args.seed, mu_max=args.mu_max,
-                                           ratio=args.ratio)
+            presets = None if args.preset == "all" else (args.preset,)
+            table = jobs.simulate_job(args.out, presets, base=ChainParams(n_steps=args.steps), n_chains=args.chains,
+                                      seed=args.seed, mu_max=args.mu_max, ratio=args.ratio)
             for preset, df in table.groupby("preset", sort=False):
                 counts = df["regime"].value_counts().to_dict()
                 print(f"{preset:>15}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
             print(f"wrote {args.out}/simulated_*.png|pdf and simulated_diagrams.csv in "
                   f"{time.perf_counter() - t0:.1f} s")
         elif args.command == "bottleneck":
-            from phase_diagrams.bottleneck import (
-                SUMMARY_COLUMNS,
-                TEACHER_DEFAULTS,
-                format_directions,
-                run_bottleneck,
-                run_directions,
-            )
+            from phase_diagrams.bottleneck import SUMMARY_COLUMNS, run_bottleneck
 
             over = {k: v for k, v in (("dataset", args.dataset), ("epochs", args.epochs), ("lr", args.lr),
                                       ("n_train", args.n_train), ("adapt_every", args.adapt_every),
-                                      ("depth", args.depth)) if v is not None}
-            ltildes = [float(v) for v in args.ltilde.split(",")]
-            if args.study == "directions":
-                wds = [float(v) for v in (args.weight_decay or str(TEACHER_DEFAULTS["weight_decay"])).split(",")]
-                df = run_directions(args.out, ltildes=ltildes, weight_decays=wds,
-                                    seeds=[int(v) for v in args.seed.split(",")], encoder=args.encoder,
-                                    decoder=args.decoder, scheme=args.schemes.split(",")[0].strip(),
-                                    cache_dir=args.data, **over)
-                print(format_directions(df))
-            else:
-                if args.weight_decay is not None:
-                    over["weight_decay"] = float(args.weight_decay)
-                df = run_bottleneck(args.out, args.study, ltildes=ltildes,
-                                    schemes=[v.strip() for v in args.schemes.split(",")], seed=int(args.seed),
-                                    cache_dir=args.data, **over)
-                _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
+                                      ("depth", args.depth), ("weight_decay", args.weight_decay)) if v is not None}
+            try:
+                ltildes = [float(v) for v in args.ltilde.split(",")]
+            except ValueError:
+                raise ValueError(f"--ltilde {args.ltilde!r}: expected comma-separated numbers") from None
+            df = run_bottleneck(args.study, args.out, ltildes=ltildes,
+                                schemes=[v.strip() for v in args.schemes.split(",")], seed=args.seed,
+                                cache_dir=args.data, **over)
+            _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
             print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
     except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -64,13 +64,16 @@ Identified
 Flags
     ``"not converged"``, ``"{name} at bound"``, ``"r2 < 0.5"``, ``"b = 0: ..."`` (the chain cannot
     follow the curve) in :attr:`FitResult.flags` and the ``flags`` / ``flag_*`` columns of
-    :func:`fit_cells`; see ``docs/fitting.md`` for the measured coverage (:func:`coverage_study`).
+    :func:`phase_diagrams.jobs.fit_cells`; see ``docs/fitting.md`` for the measured coverage (:func:`coverage_study`).
 
     from phase_diagrams import fit_curve                     # or phase_diagrams.fitting
     res = fit_curve(curve)                                   # one final log D curve (~5-10 s on 2 cores)
     res.params, res.ci, res.identified, res.combinations, res.flags
     res = fit_curve(trajectory, probe_epochs=epochs)         # a probe trajectory
-    table = fit_store("runs.sqlite", "label-noise")          # every cell, written to the store
+
+Many cells of a stored sweep (joblib fan-out, the store's ``fits`` table, trend statistics):
+:func:`phase_diagrams.jobs.fit_store`, :func:`~phase_diagrams.jobs.fit_cells`,
+:func:`~phase_diagrams.jobs.fit_trends`.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ from springblock import ChainParams, simulate
 log = logging.getLogger(__name__)
 
 __all__ = ["FitOptions", "FitResult", "PARAMS", "initial_guess", "chain_curves", "chain_samples", "affine_fit",
-           "is_identified", "fit_curve", "fit_cells", "fit_store", "fit_trends", "coverage_study", "coverage_summary",
+           "is_identified", "fit_curve", "coverage_study", "coverage_summary",
            "load_curve_file", "COVERAGE_TRUTHS"]
 
 #: Fitted parameters, in this order; the last two only for trajectories.
@@ -899,87 +902,6 @@ def _bootstrap_ci(replicates, best, probe_epochs, opts):
             for n in best}
 
 
-# ------------------------------------------------------------------------------------------
-# many cells
-# ------------------------------------------------------------------------------------------
-def _fit_cell_task(cell: dict, opts_d: dict, start_points, target: str) -> dict:
-    """Worker: fit one cell (a dict with curve / trajectory / probe_epochs / replicates)."""
-    import numba
-
-    numba.set_num_threads(1)  # cells run in parallel; each simulation on one thread
-    opts = FitOptions(**opts_d)
-    if target == "trajectory":
-        res = fit_curve(cell["trajectory"], probe_epochs=cell["probe_epochs"], opts=opts, start_points=start_points,
-                        replicates=cell.get("replicates"))
-    else:
-        res = fit_curve(cell["curve"], opts=opts, start_points=start_points, replicates=cell.get("replicates"))
-    return dict(row=cell["row"], col=cell["col"], **res.to_record())
-
-
-def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts: FitOptions = FitOptions(),
-              workers: int = 1, progress: bool = True) -> pd.DataFrame:
-    """Fit every cell of a :func:`~phase_diagrams.compare.measured_cells` table (cells without a
-    finite curve are skipped). ``workers > 1`` fits cells in parallel processes (joblib), each
-    simulating on one thread. Returns one row per fitted cell: row, col, row_value, col_value,
-    noise_rank, the fitted parameters, ``{name}_lo`` / ``{name}_hi``, the derived ``asymmetry =
-    mu<- − mu->`` (the ratchet gradient is ``−asymmetry/2`` per spring) and noise ``mobility =
-    2 Phi(−(mu-> + mu<-)/(2 eps))`` (:func:`springblock.theory.ratchet_mobility`: how freely noise
-    moves the blocks), a, b, rss, rms, r2, fitted, measured, target, n_evals, converged, wall_s;
-    ``{name}_identified`` (:func:`is_identified`), the combinations' ``{c}_lo``, ``{c}_hi``,
-    ``{c}_identified`` (c = asymmetry, mobility, best; ``best_combination`` names the latter),
-    ``flags`` (``"; "``-joined :attr:`FitResult.flags`), ``n_flags`` and the booleans
-    ``flag_not_converged``, ``flag_at_bound``, ``flag_low_r2``, ``flag_no_map``. Cells may have
-    different depths (one start grid per depth)."""
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
-    if target not in ("final", "trajectory"):
-        raise ValueError(f"target must be 'final' or 'trajectory', got {target!r}")
-    use = cells[cells["curve"].map(lambda c: c is not None)]
-    if target == "trajectory":
-        use = use[use["trajectory"].map(lambda t: t is not None and len(t) >= 3)]
-    if use.empty:
-        what = " and a trajectory" if target == "trajectory" else ""
-        raise ValueError(f"no cell has a finite measured curve{what}")
-    # cells of different depths: one start grid per depth (L + 1 = len(curve))
-    depths = sorted({len(c) - 1 for c in use["curve"]})
-    grids = {d: start_grid(d, opts) for d in depths}
-    jobs = [dict(row=int(r["row"]), col=int(r["col"]), curve=r["curve"], trajectory=r.get("trajectory"),
-                 probe_epochs=r.get("probe_epochs"), replicates=r.get("replicates")) for _, r in use.iterrows()]
-    opts_d = dataclasses.asdict(opts)
-    it = Parallel(n_jobs=workers, return_as="generator")(
-        delayed(_fit_cell_task)(j, opts_d, grids[len(j["curve"]) - 1], target) for j in jobs)
-    rows = list(tqdm(it, total=len(jobs), desc=f"fit ({target})", unit="cell", disable=not progress))
-    out = []
-    meta = use.set_index(["row", "col"])
-    for r in rows:
-        m = meta.loc[(r["row"], r["col"])]
-        flat = dict(row=r["row"], col=r["col"], row_value=m["row_value"], col_value=m["col_value"],
-                    noise_rank=m["noise_rank"], target=r["target"])
-        for n, v in r["params"].items():
-            flat[n] = v
-            flat[f"{n}_lo"], flat[f"{n}_hi"] = (np.nan if w is None else w for w in r["ci"][n])
-            flat[f"{n}_identified"] = bool(r["identified"][n])
-        p = r["params"]
-        flat["asymmetry"] = p["mu_backward"] - p["mu_forward"]
-        flat["mobility"] = float(2 * special.ndtr(-(p["mu_forward"] + p["mu_backward"]) / (2 * p["eps"])))
-        flat.update(a=r["affine"][0], b=r["affine"][1], rss=r["rss"], rms=r["rms"], r2=r["r2"], fitted=r["fitted"],
-                    measured=r["measured"], n_evals=r["n_evals"], converged=r["converged"], wall_s=r["wall_s"],
-                    start=json.dumps(r["start"]))
-        for c in r["combinations"]:
-            key = c["name"].split(":")[0]
-            flat[f"{key}_lo"], flat[f"{key}_hi"] = c["lo"], c["hi"]
-            flat[f"{key}_identified"] = bool(c["identified"])
-            if key == "best":
-                flat["best_combination"], flat["best"] = c["name"][6:], c["value"]
-        flags = list(r["flags"])
-        flat.update(flags="; ".join(flags), n_flags=len(flags), flag_not_converged="not converged" in flags,
-                    flag_at_bound=any(f.endswith("at bound") for f in flags),
-                    flag_low_r2="r2 < 0.5" in flags, flag_no_map=any(f.startswith("b = 0") for f in flags))
-        out.append(flat)
-    return pd.DataFrame(out)
-
-
 def load_curve_file(path, epochs=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a measured curve or trajectory from CSV, JSON or NPY; returns ``(data, probe_epochs)``.
 
@@ -1130,65 +1052,3 @@ def coverage_summary(study: pd.DataFrame) -> pd.DataFrame:
         coverage_identified=float(d.loc[d["identified"], "covered"].mean()) if d["identified"].any() else np.nan,
         coverage_all=float(d["covered"].mean()))), include_groups=False)
     return out.reset_index()
-
-
-def fit_store(store, sweep: str | None = None, *, target: str = "final", opts: FitOptions = FitOptions(),
-              workers: int = 1, cells=None, progress: bool = True) -> pd.DataFrame:
-    """Fit every cell (or the ``cells`` list of ``(row, col)``) of a stored sweep and write the fits
-    to the store (table ``fits``); returns the table of :func:`fit_cells`. Per-seed curves are
-    passed along, so ``opts.uncertainty="bootstrap"`` resamples seeds."""
-    from phase_diagrams.compare import measured_cells
-    from phase_diagrams.jobs import _one_sweep, _store
-
-    store = _store(store)
-    sweep = _one_sweep(store, sweep)
-    spec = store.sweep_spec(sweep)
-    runs = store.runs(sweep)
-    table = measured_cells(runs, spec)
-    ok = runs[runs["status"] == "done"]
-    key = "trajectory" if target == "trajectory" else "curve"
-    table["replicates"] = [
-        [v for v in ok.loc[(ok["row"] == r) & (ok["col"] == c), key] if v is not None] or None
-        for r, c in zip(table["row"], table["col"], strict=True)
-    ]
-    if cells is not None:
-        want = {tuple(c) for c in cells}
-        table = table[[(r, c) in want for r, c in zip(table["row"], table["col"], strict=True)]]
-        if table.empty:
-            raise ValueError(f"none of the cells {sorted(want)} is in the {spec.shape[0]} x {spec.shape[1]} grid")
-    fits = fit_cells(table, target=target, opts=opts, workers=workers, progress=progress)
-    store.write_fits(sweep, fits, dataclasses.asdict(opts))
-    return fits
-
-
-def fit_trends(fits: pd.DataFrame) -> pd.DataFrame:
-    """How the fitted parameters (and the derived asymmetry and mobility) move across the grid: for
-    each, the Spearman rank
-    correlation over cells with the row value (alpha) and with the column's noise rank, the
-    median per row (alpha ascending) and per column (least to most noisy), whether those medians
-    are monotone, and the fraction of cells where it is identified (the ``{name}_identified``
-    column, else :func:`is_identified` of the interval: inside the bounds and within a factor 10)."""
-    from phase_diagrams.compare import spearman
-
-    out = []
-    for name in [n for n in PARAMS if n in fits.columns] + [n for n in ("asymmetry", "mobility") if n in fits]:
-        by_row = fits.groupby("row_value")[name].median()
-        by_col = fits.groupby("noise_rank")[name].median()
-        if f"{name}_identified" in fits:
-            ident = float(fits[f"{name}_identified"].astype(bool).mean())
-        elif f"{name}_lo" in fits and name in _BOUNDS:
-            ident = float(np.mean([is_identified(name, (lo, hi))
-                                   for lo, hi in zip(fits[f"{name}_lo"], fits[f"{name}_hi"], strict=True)]))
-        else:
-            ident = float("nan")  # derived quantity without an interval
-
-        def monotone(v):
-            d = np.diff(np.asarray(v, dtype=float))
-            return "increasing" if np.all(d >= 0) else "decreasing" if np.all(d <= 0) else "no"
-
-        out.append(dict(param=name, spearman_alpha=spearman(fits["row_value"], fits[name]),
-                        spearman_noise=spearman(fits["noise_rank"], fits[name]),
-                        median_by_alpha=" ".join(f"{v:.3g}" for v in by_row), monotone_in_alpha=monotone(by_row),
-                        median_by_noise=" ".join(f"{v:.3g}" for v in by_col), monotone_in_noise=monotone(by_col),
-                        identified=ident))
-    return pd.DataFrame(out)

@@ -1,13 +1,17 @@
 """The jobs behind the command line, as Python functions (each CLI command calls one of these).
 
+Every job that reads or writes a store takes it first, as a path or a :class:`Store`, then the
+sweep (a name, or a spec where the job creates the sweep), then the output location.
+
     from phase_diagrams import jobs
-    summary = jobs.run_main("label-noise-small", store="out/runs.sqlite", out_dir="figures")
+    summary = jobs.run_main("out/runs.sqlite", "label-noise-small", out_dir="figures")
     per_cell, summary = jobs.compare_store("out/runs.sqlite", "label-noise-small")
     jobs.export("out/runs.sqlite", "runs.parquet", sweep="label-noise-small")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -16,50 +20,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from phase_diagrams.compare import compare, measured_cells
-from phase_diagrams.plots import plot_all
+from phase_diagrams.comparison import accuracy_linearity, compare, measured_cells, simulated_cells
+from phase_diagrams.plots import save_figure, sweep_figures
 from phase_diagrams.runner import run_sweep
 from phase_diagrams.simulated import simulate_for_spec
 from phase_diagrams.spec import GridSpec, load_spec
-from phase_diagrams.store import Store
+from phase_diagrams.store import ARRAY_COLUMNS, as_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_runs", "sweep_and_simulate", "compare_store", "export", "read_export", "status_table", "run_main",
-           "fit_job", "calibrate_job", "calibrated_rows", "CALIBRATED"]
+__all__ = ["add_runs", "sweep_and_simulate", "compare_store", "plot_all", "export", "read_export", "status_table",
+           "run_main", "simulate_job", "fit_cells", "fit_store", "fit_trends", "fit_job", "calibrate_job",
+           "calibrated_rows", "CALIBRATED"]
 
 #: The simulated preset under which a sweep's calibrated chain is stored.
 CALIBRATED = "calibrated"
 
-#: Columns holding arrays (lists); exported as JSON text in CSV files.
-ARRAY_COLUMNS = ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve", "probe_accuracy",
-                 "col_value", "row_value", "times", "params")
-
-
-def _store(store) -> Store:
-    return store if isinstance(store, Store) else Store(store)
-
-
-def _one_sweep(store: Store, sweep: str | None) -> str:
-    names = store.sweeps()
-    if sweep is not None:
-        if sweep not in names:
-            raise KeyError(f"no sweep {sweep!r} in {store.path} (sweeps: {', '.join(names) or 'none'})")
-        return sweep
-    if len(names) != 1:
-        raise KeyError(f"{store.path} holds {len(names)} sweeps ({', '.join(names) or 'none'}); name one with --sweep")
-    return names[0]
-
-
-def sweep_and_simulate(spec, store, *, simulate: bool = True, **run_kw):
+def sweep_and_simulate(store, spec, *, simulate: bool = True, **run_kw):
     """:func:`~phase_diagrams.runner.run_sweep`, then the simulated counterpart of every cell
     (:func:`~phase_diagrams.simulated.simulate_for_spec`, a few seconds) into the same store."""
-    spec = load_spec(spec) if not isinstance(spec, GridSpec) else spec
-    store = _store(store)
-    report = run_sweep(spec, store, **run_kw)
+    store = as_store(store)
+    spec = load_spec(spec)
+    report = run_sweep(store, spec, **run_kw)
     if simulate and spec.simulator.presets:
         t0 = time.perf_counter()
-        simulate_for_spec(spec, store)
+        simulate_for_spec(store, spec)
         log.info("simulated counterpart (%d presets) in %.1f s", len(spec.simulator.presets), time.perf_counter() - t0)
     return report
 
@@ -67,19 +52,19 @@ def sweep_and_simulate(spec, store, *, simulate: bool = True, **run_kw):
 def add_runs(store, sweep: str, histories, cells, *, simulate: bool = True, **kw) -> GridSpec:
     """:meth:`Store.add_runs` (outside runs, e.g. :class:`nets.LoadCurveRecorder` histories), then
     the simulated counterpart of every cell when the synthetic spec has friction presets, so that
-    :func:`compare_store`, :func:`~phase_diagrams.plots.plot_all`, :func:`fit_job` and
+    :func:`compare_store`, :func:`plot_all`, :func:`fit_job` and
     :func:`export` work on the sweep. ``kw``: ``row_field``, ``col_field``, ``metadata``, ``simulator``."""
-    store = _store(store)
+    store = as_store(store)
     spec = store.add_runs(sweep, histories, cells, **kw)
     if simulate and spec.simulator.presets:
-        simulate_for_spec(spec, store)
+        simulate_for_spec(store, spec)
     return spec
 
 
 def compare_store(store, sweep: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-cell and per-preset comparison of a stored sweep (:func:`~phase_diagrams.compare.compare`)."""
-    store = _store(store)
-    sweep = _one_sweep(store, sweep)
+    """Per-cell and per-preset comparison of a stored sweep (:func:`~phase_diagrams.comparison.compare`)."""
+    store = as_store(store)
+    sweep = store.sweep_name(sweep)
     spec = store.sweep_spec(sweep)
     sim = store.simulated(sweep)
     if sim.empty:
@@ -89,9 +74,66 @@ def compare_store(store, sweep: str | None = None) -> tuple[pd.DataFrame, pd.Dat
     return compare(measured_cells(store.runs(sweep), spec), sim, spec, presets)
 
 
+def plot_all(store, sweep: str | None = None, out_dir="figures", *, cell: tuple[int, int] | None = None) -> list[Path]:
+    """Write every figure of a stored sweep to ``out_dir`` (PNG and PDF); return the paths.
+
+    The figures are those of :func:`~phase_diagrams.plots.sweep_figures`: the measured grid and its
+    c/Σd heat map, accuracy vs linearity, and per stored simulated preset the chain's grid,
+    measured | chain side by side, its heat map and the comparison; the probe trajectory of
+    ``cell = (row, col)`` (default: the top-left cell, ReLU at the most noise) when recorded.
+    """
+    store = as_store(store)
+    sweep = store.sweep_name(sweep)
+    spec = store.sweep_spec(sweep)
+    runs = store.runs(sweep)
+    if runs.empty:
+        raise ValueError(f"sweep {sweep!r} has no results in {store.path} yet")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = measured_cells(runs, spec)
+    what = f"{spec.train.model}, {spec.train.dataset}"
+    if "source" in runs.columns and (runs["source"] == "outside").all():  # Store.add_runs
+        names = [str(v) for col in ("model", "model_class") if col in runs.columns for v in runs[col] if v is not None]
+        what = "outside runs: " + "/".join(dict.fromkeys(names[:1] or ["own model"]))
+    sim = store.simulated(sweep)
+    presets = list(dict.fromkeys(sim["preset"])) if not sim.empty else []
+    simulated = {p: simulated_cells(sim, spec, p) for p in presets}
+    comparison = compare(cells, sim, spec) if presets else None
+    figs = sweep_figures(spec, cells, simulated, comparison, accuracy=accuracy_linearity(cells), what=what, cell=cell)
+    written: list[Path] = []
+    for name, fig in figs.items():
+        written += save_figure(fig, out / name)
+    return written
+
+
+def simulate_job(out_dir="figures", presets=None, **spec_kw) -> pd.DataFrame:
+    """The stand-alone simulated diagrams: each friction preset's diagram
+    (:class:`~phase_diagrams.simulated.DiagramSpec` with ``spec_kw``), its grid and c/Σd heat map
+    as ``{out}/simulated_{preset}_curves`` and ``{out}/simulated_{preset}_curvature`` (PNG and PDF),
+    and ``{out}/simulated_diagrams.csv``; returns the combined table."""
+    from phase_diagrams.friction import FRICTION_PRESETS
+    from phase_diagrams.plots import plot_heatmap, plot_simulated_grid
+    from phase_diagrams.simulated import DiagramSpec, simulate_diagram
+
+    specs = [DiagramSpec(preset=p, **spec_kw) for p in (FRICTION_PRESETS if presets is None else presets)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for spec in specs:
+        df = simulate_diagram(spec)
+        frames.append(df)
+        save_figure(plot_simulated_grid(df, f"spring-block chain, preset {spec.preset}"),
+                    out / f"simulated_{spec.preset}_curves")
+        save_figure(plot_heatmap(df, title=f"c / Σd, preset {spec.preset}", col_label="eps", col_key="eps"),
+                    out / f"simulated_{spec.preset}_curvature")
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(out / "simulated_diagrams.csv", index=False)
+    return table
+
+
 def status_table(store) -> pd.DataFrame:
     """One row per sweep of the store: total, done, diverged, failed, running, pending."""
-    store = _store(store)
+    store = as_store(store)
     return pd.DataFrame([dict(sweep=s, **store.progress(s)) for s in store.sweeps()])
 
 
@@ -102,7 +144,7 @@ def export(store, path, *, sweep: str | None = None, simulated: bool = False) ->
     lists, via pyarrow) or ``.json`` / ``.jsonl`` (one JSON record per line, floats written exactly). ``sweep=None``
     exports every sweep. :func:`read_export` reads any of them back.
     """
-    store = _store(store)
+    store = as_store(store)
     df = store.simulated(sweep) if simulated else store.runs(sweep)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,16 +203,16 @@ def _to_list(v):
     return v
 
 
-def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures", *, calibrate: bool = True,
+def run_main(store="out/runs.sqlite", spec="label-noise-small", out_dir="figures", *, calibrate: bool = True,
              scores=("seed",), **run_kw) -> dict:
     """The README's main job: sweep (resumable), simulate the counterpart, calibrate the chain to the
     measured diagram (:func:`calibrate_job`; the default comparison, next to the seed ceiling; the
     friction presets stay as named alternatives; ``scores``: the held-out refits to score, by default
     the held-out seed), write every figure and the comparison table; return
     ``{"report", "summary", "figures", "calibration", "scores"}``."""
-    spec = load_spec(spec) if not isinstance(spec, GridSpec) else spec
-    store = _store(store)
-    report = sweep_and_simulate(spec, store, **run_kw)
+    store = as_store(store)
+    spec = load_spec(spec)
+    report = sweep_and_simulate(store, spec, **run_kw)
     if report.ran and report.failed == report.ran:
         raise RuntimeError(f"every one of the {report.ran} tasks failed (stored as 'failed'); the first error:\n"
                            f"{report.failures[0][1]}")
@@ -190,28 +232,181 @@ def run_main(spec="label-noise-small", store="out/runs.sqlite", out_dir="figures
                 scores=None if calibration is None else calibration[1])
 
 
+def _fit_cell_task(cell: dict, opts_d: dict, start_points, target: str, worker: bool) -> dict:
+    """Fit one cell (a dict with curve / trajectory / probe_epochs / replicates); ``worker``: in a
+    worker process of :func:`fit_cells`, where each simulation runs on one thread."""
+    from phase_diagrams.fitting import FitOptions, fit_curve
+
+    if worker:  # a joblib worker process of our own: cells run in parallel, each on one thread
+        import numba
+
+        numba.set_num_threads(1)
+    opts = FitOptions(**opts_d)
+    if target == "trajectory":
+        res = fit_curve(cell["trajectory"], probe_epochs=cell["probe_epochs"], opts=opts, start_points=start_points,
+                        replicates=cell.get("replicates"))
+    else:
+        res = fit_curve(cell["curve"], opts=opts, start_points=start_points, replicates=cell.get("replicates"))
+    return dict(row=cell["row"], col=cell["col"], **res.to_record())
+
+
+def fit_cells(cells: pd.DataFrame, *, target: str = "final", opts=None, workers: int = 1,
+              progress: bool = True) -> pd.DataFrame:
+    """Fit every cell of a :func:`~phase_diagrams.comparison.measured_cells` table (cells without a
+    finite curve are skipped). ``workers > 1`` fits cells in parallel processes (joblib), each
+    simulating on one thread. Returns one row per fitted cell: row, col, row_value, col_value,
+    noise_rank, the fitted parameters, ``{name}_lo`` / ``{name}_hi``, the derived ``asymmetry =
+    mu<- − mu->`` (the ratchet gradient is ``−asymmetry/2`` per spring) and noise ``mobility =
+    2 Phi(−(mu-> + mu<-)/(2 eps))`` (:func:`springblock.theory.ratchet_mobility`: how freely noise
+    moves the blocks), a, b, rss, rms, r2, fitted, measured, target, n_evals, converged, wall_s;
+    ``{name}_identified`` (:func:`is_identified`), the combinations' ``{c}_lo``, ``{c}_hi``,
+    ``{c}_identified`` (c = asymmetry, mobility, best; ``best_combination`` names the latter),
+    ``flags`` (``"; "``-joined :attr:`FitResult.flags`), ``n_flags`` and the booleans
+    ``flag_not_converged``, ``flag_at_bound``, ``flag_low_r2``, ``flag_no_map``. Cells may have
+    different depths (one start grid per depth)."""
+    from joblib import Parallel, delayed
+    from scipy import special
+    from tqdm.auto import tqdm
+
+    from phase_diagrams.fitting import FitOptions, start_grid
+
+    opts = FitOptions() if opts is None else opts
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r}: must be an integer >= 1")
+
+    if target not in ("final", "trajectory"):
+        raise ValueError(f"target must be 'final' or 'trajectory', got {target!r}")
+    use = cells[cells["curve"].map(lambda c: c is not None)]
+    if target == "trajectory":
+        use = use[use["trajectory"].map(lambda t: t is not None and len(t) >= 3)]
+    if use.empty:
+        what = " and a trajectory" if target == "trajectory" else ""
+        raise ValueError(f"no cell has a finite measured curve{what}")
+    # cells of different depths: one start grid per depth (L + 1 = len(curve))
+    depths = sorted({len(c) - 1 for c in use["curve"]})
+    grids = {d: start_grid(d, opts) for d in depths}
+    jobs = [dict(row=int(r["row"]), col=int(r["col"]), curve=r["curve"], trajectory=r.get("trajectory"),
+                 probe_epochs=r.get("probe_epochs"), replicates=r.get("replicates")) for _, r in use.iterrows()]
+    opts_d = dataclasses.asdict(opts)
+    it = Parallel(n_jobs=workers, return_as="generator")(
+        delayed(_fit_cell_task)(j, opts_d, grids[len(j["curve"]) - 1], target, workers > 1) for j in jobs)
+    rows = list(tqdm(it, total=len(jobs), desc=f"fit ({target})", unit="cell", disable=not progress))
+    out = []
+    meta = use.set_index(["row", "col"])
+    for r in rows:
+        m = meta.loc[(r["row"], r["col"])]
+        flat = dict(row=r["row"], col=r["col"], row_value=m["row_value"], col_value=m["col_value"],
+                    noise_rank=m["noise_rank"], target=r["target"])
+        for n, v in r["params"].items():
+            flat[n] = v
+            flat[f"{n}_lo"], flat[f"{n}_hi"] = (np.nan if w is None else w for w in r["ci"][n])
+            flat[f"{n}_identified"] = bool(r["identified"][n])
+        p = r["params"]
+        flat["asymmetry"] = p["mu_backward"] - p["mu_forward"]
+        flat["mobility"] = float(2 * special.ndtr(-(p["mu_forward"] + p["mu_backward"]) / (2 * p["eps"])))
+        flat.update(a=r["affine"][0], b=r["affine"][1], rss=r["rss"], rms=r["rms"], r2=r["r2"], fitted=r["fitted"],
+                    measured=r["measured"], n_evals=r["n_evals"], converged=r["converged"], wall_s=r["wall_s"],
+                    start=json.dumps(r["start"]))
+        for c in r["combinations"]:
+            key = c["name"].split(":")[0]
+            flat[f"{key}_lo"], flat[f"{key}_hi"] = c["lo"], c["hi"]
+            flat[f"{key}_identified"] = bool(c["identified"])
+            if key == "best":
+                flat["best_combination"], flat["best"] = c["name"][6:], c["value"]
+        flags = list(r["flags"])
+        flat.update(flags="; ".join(flags), n_flags=len(flags), flag_not_converged="not converged" in flags,
+                    flag_at_bound=any(f.endswith("at bound") for f in flags),
+                    flag_low_r2="r2 < 0.5" in flags, flag_no_map=any(f.startswith("b = 0") for f in flags))
+        out.append(flat)
+    return pd.DataFrame(out)
+
+
+def fit_store(store, sweep: str | None = None, *, target: str = "final", opts=None, workers: int = 1, cells=None,
+              progress: bool = True) -> pd.DataFrame:
+    """Fit every cell (or the ``cells`` list of ``(row, col)``) of a stored sweep and write the fits
+    to the store (table ``fits``); returns the table of :func:`fit_cells`. Per-seed curves are
+    passed along, so ``opts.uncertainty="bootstrap"`` resamples seeds."""
+    from phase_diagrams.fitting import FitOptions
+
+    opts = FitOptions() if opts is None else opts
+    store = as_store(store)
+    sweep = store.sweep_name(sweep)
+    spec = store.sweep_spec(sweep)
+    runs = store.runs(sweep)
+    table = measured_cells(runs, spec)
+    ok = runs[runs["status"] == "done"]
+    key = "trajectory" if target == "trajectory" else "curve"
+    table["replicates"] = [
+        [v for v in ok.loc[(ok["row"] == r) & (ok["col"] == c), key] if v is not None] or None
+        for r, c in zip(table["row"], table["col"], strict=True)
+    ]
+    if cells is not None:
+        want = {tuple(c) for c in cells}
+        table = table[[(r, c) in want for r, c in zip(table["row"], table["col"], strict=True)]]
+        if table.empty:
+            raise ValueError(f"none of the cells {sorted(want)} is in the {spec.shape[0]} x {spec.shape[1]} grid")
+    fits = fit_cells(table, target=target, opts=opts, workers=workers, progress=progress)
+    store.write_fits(sweep, fits, dataclasses.asdict(opts))
+    return fits
+
+
+def fit_trends(fits: pd.DataFrame) -> pd.DataFrame:
+    """How the fitted parameters (and the derived asymmetry and mobility) move across the grid: for
+    each, the Spearman rank
+    correlation over cells with the row value (alpha) and with the column's noise rank, the
+    median per row (alpha ascending) and per column (least to most noisy), whether those medians
+    are monotone, and the fraction of cells where it is identified (the ``{name}_identified``
+    column, else :func:`~phase_diagrams.fitting.is_identified` of the interval: inside the bounds and
+    within a factor 10)."""
+    from phase_diagrams.comparison import spearman
+    from phase_diagrams.fitting import PARAMS, is_identified
+
+    out = []
+    for name in [n for n in PARAMS if n in fits.columns] + [n for n in ("asymmetry", "mobility") if n in fits]:
+        by_row = fits.groupby("row_value")[name].median()
+        by_col = fits.groupby("noise_rank")[name].median()
+        if f"{name}_identified" in fits:
+            ident = float(fits[f"{name}_identified"].astype(bool).mean())
+        elif f"{name}_lo" in fits and name in PARAMS:
+            ident = float(np.mean([is_identified(name, (lo, hi))
+                                   for lo, hi in zip(fits[f"{name}_lo"], fits[f"{name}_hi"], strict=True)]))
+        else:
+            ident = float("nan")  # derived quantity without an interval
+
+        def monotone(v):
+            d = np.diff(np.asarray(v, dtype=float))
+            return "increasing" if np.all(d >= 0) else "decreasing" if np.all(d <= 0) else "no"
+
+        out.append(dict(param=name, spearman_alpha=spearman(fits["row_value"], fits[name]),
+                        spearman_noise=spearman(fits["noise_rank"], fits[name]),
+                        median_by_alpha=" ".join(f"{v:.3g}" for v in by_row), monotone_in_alpha=monotone(by_row),
+                        median_by_noise=" ".join(f"{v:.3g}" for v in by_col), monotone_in_noise=monotone(by_col),
+                        identified=ident))
+    return pd.DataFrame(out)
+
+
 def fit_job(store, sweep: str | None = None, out_dir="figures", *, target: str = "final", cells=None,
             workers: int = 1, progress: bool = True, **options) -> pd.DataFrame:
     """Fit spring-block parameters to every cell of a stored sweep
-    (:func:`phase_diagrams.fitting.fit_store`, written to the store's ``fits`` table) and write
+    (:func:`fit_store`, written to the store's ``fits`` table) and write
     ``{sweep}_fit_{target}_params`` (heat maps of the fitted parameters) and
     ``{sweep}_fit_{target}_curves`` (measured vs fitted per cell), PNG and PDF, plus
     ``{sweep}_fit_{target}.csv``. ``options`` are :class:`~phase_diagrams.fitting.FitOptions` fields."""
-    from phase_diagrams.fitting import FitOptions, fit_store
-    from phase_diagrams.plots import _save, plot_fit_heatmaps, plot_fitted_curves
+    from phase_diagrams.fitting import FitOptions
+    from phase_diagrams.plots import plot_fit_heatmaps, plot_fitted_curves
 
-    store = _store(store)
-    sweep = _one_sweep(store, sweep)
+    store = as_store(store)
+    sweep = store.sweep_name(sweep)
     fits = fit_store(store, sweep, target=target, opts=FitOptions(**options), workers=workers, cells=cells,
                      progress=progress)
     spec = store.sweep_spec(sweep)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list = []
-    _save(plot_fit_heatmaps(fits, f"{sweep}: fitted chain ({target} curve)", spec.columns.field),
-          out / f"{sweep}_fit_{target}_params", written)
-    _save(plot_fitted_curves(fits, f"{sweep}: measured vs fitted chain ({target})", spec.columns.field),
-          out / f"{sweep}_fit_{target}_curves", written)
+    figure = plot_fit_heatmaps(fits, f"{sweep}: fitted chain ({target} curve)", spec.columns.field)
+    written += save_figure(figure, out / f"{sweep}_fit_{target}_params")
+    figure = plot_fitted_curves(fits, f"{sweep}: measured vs fitted chain ({target})", spec.columns.field)
+    written += save_figure(figure, out / f"{sweep}_fit_{target}_curves")
     fits.drop(columns=["fitted", "measured"]).to_csv(out / f"{sweep}_fit_{target}.csv", index=False)
     return fits
 
@@ -255,18 +450,17 @@ def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfe
     or None).
     """
     from phase_diagrams.calibration import CalibrationOptions, calibrate
-    from phase_diagrams.compare import measured_cells, simulated_cells
-    from phase_diagrams.plots import _save, plot_calibration_map, plot_scores, plot_side_by_side
+    from phase_diagrams.plots import plot_calibration_map, plot_scores, plot_side_by_side
 
-    store = _store(store)
-    sweep = _one_sweep(store, sweep)
+    store = as_store(store)
+    sweep = store.sweep_name(sweep)
     opts = opts or CalibrationOptions()
     spec = store.sweep_spec(sweep)
     if spec.rows.field != "alpha":
         raise ValueError(f"sweep {sweep!r} has rows {spec.rows.field!r}: calibrate needs rows = alpha")
     source = None
     if transfer_from is not None:
-        src_name = _one_sweep(store, transfer_from)
+        src_name = store.sweep_name(transfer_from)
         src_spec = store.sweep_spec(src_name)
         source = calibrate(store.runs(src_name), opts=opts, noise_field=src_spec.columns.field)
         log.info("calibrated %s (the friction map to transfer) in %.0f s", src_name, source.wall_s)
@@ -286,12 +480,12 @@ def calibrate_job(store, sweep: str | None = None, out_dir="figures", *, transfe
     cells = measured_cells(runs, spec)
     sc = simulated_cells(store.simulated(sweep), spec, CALIBRATED)
     how = f"transferred from {transfer_from}" if transfer_from else "calibrated"
-    _save(plot_side_by_side(cells, sc, title=sweep, col_label=spec.columns.field, preset=how),
-          out / f"{sweep}_calibrated_side_by_side", written)
-    _save(plot_calibration_map(cal.map_curves(), f"{sweep}: calibrated map ({how}; bands: 95 %)"),
-          out / f"{sweep}_calibration_map", written)
-    _save(plot_scores(table, f"{sweep}: calibrated chain vs the seed ceiling"), out / f"{sweep}_calibration_scores",
-          written)
+    figure = plot_side_by_side(cells, sc, title=sweep, col_label=spec.columns.field, preset=how)
+    written += save_figure(figure, out / f"{sweep}_calibrated_side_by_side")
+    figure = plot_calibration_map(cal.map_curves(), f"{sweep}: calibrated map ({how}; bands: 95 %)")
+    written += save_figure(figure, out / f"{sweep}_calibration_map")
+    figure = plot_scores(table, f"{sweep}: calibrated chain vs the seed ceiling")
+    written += save_figure(figure, out / f"{sweep}_calibration_scores")
     cal.params_table().to_csv(out / f"{sweep}_calibration.csv", index=False)
     table.to_csv(out / f"{sweep}_calibration_scores.csv", index=False)
     written += [out / f"{sweep}_calibration.csv", out / f"{sweep}_calibration_scores.csv"]

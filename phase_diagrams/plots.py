@@ -1,6 +1,7 @@
-"""Phase-diagram figures. Every function takes tables (:mod:`phase_diagrams.compare`) and
-returns a matplotlib Figure; none computes a statistic. :func:`plot_all` reads a store, builds
-the tables and writes every figure of a sweep.
+"""Phase-diagram figures. Every function takes tables (:mod:`phase_diagrams.comparison`) and
+returns a matplotlib Figure; none computes a statistic. :func:`sweep_figures` draws every figure
+of a sweep from its tables; :func:`phase_diagrams.jobs.plot_all` reads a store and saves them.
+No function here touches pyplot or the matplotlib backend (the CLI chooses Agg).
 
 Layout of a diagram (the original figure): rows = LeakyReLU slope alpha (ReLU, alpha = 0, at the
 top), columns = the noise axis with more noise to the left; each cell the normalised load curve
@@ -12,15 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
-
-from springblock.observables import normalized_curve  # noqa: E402
+from springblock.observables import normalized_curve
 
 __all__ = [
     "plot_measured_grid",
@@ -34,7 +34,9 @@ __all__ = [
     "plot_fitted_curves",
     "plot_calibration_map",
     "plot_scores",
-    "plot_all",
+    "plot_curve_fit",
+    "sweep_figures",
+    "save_figure",
 ]
 
 #: Row-axis labels of the figures, by the spec's row field.
@@ -42,6 +44,13 @@ ROW_LABELS = {"alpha": "alpha (LeakyReLU slope; 0 = ReLU)", "ltilde": "effective
 _ALPHA = ROW_LABELS["alpha"]
 
 _SHORT = {"concave": "cc", "linear": "lin", "convex": "cv", "undefined": "?", "missing": "–", "diverged": "div"}
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize, layout=None, **kw):
+    """``(Figure, axes)`` like ``pyplot.subplots``, without pyplot: no backend is chosen, no
+    global figure list grows (a figure is freed with its last reference)."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _fmt(v) -> str:
@@ -97,7 +106,7 @@ def _draw_grid(fig, cells: pd.DataFrame, shade: str, cmap, norm, *, title: str, 
     fig.text(x0 + 0.012 * w, 0.5, row_label, va="center", rotation=90, fontsize=8)
     fig.text(x0 + 0.47 * w, 0.94, title, ha="center", fontsize=9)
     cax = fig.add_axes((x0 + 0.885 * w, 0.2, 0.018 * w, 0.6))
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=bar_label)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=bar_label)
 
 
 def _accuracy_norm(cells):
@@ -123,9 +132,9 @@ def plot_measured_grid(cells: pd.DataFrame, title: str = "measured load curves",
     """The original figure: normalised mean load curve per cell over grey shaded by test accuracy
     (darker = more accurate), with the band of the seeds' normalised curves (min–max over seeds)
     and a "±" where the cell's mean c/Σd lies within one seed-SD of a regime threshold.
-    ``cells``: :func:`~phase_diagrams.compare.measured_cells`."""
-    fig = plt.figure(figsize=_size(cells))
-    _draw_grid(fig, cells, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(cells), title=title,
+    ``cells``: :func:`~phase_diagrams.comparison.measured_cells`."""
+    fig = Figure(figsize=_size(cells))
+    _draw_grid(fig, cells, "accuracy", colormaps["Greys"], _accuracy_norm(cells), title=title,
                col_label=col_label, bar_label="test accuracy", row_label=row_label)
     return fig
 
@@ -133,9 +142,9 @@ def plot_measured_grid(cells: pd.DataFrame, title: str = "measured load curves",
 def plot_simulated_grid(cells: pd.DataFrame, title: str = "spring-block chain", row_label: str = _ALPHA):
     """Simulated cells (``y − x_l``), background shaded by c/Σd (red convex, blue concave); the
     columns are labelled with their noise amplitude eps.
-    ``cells``: :func:`~phase_diagrams.compare.simulated_cells`."""
-    fig = plt.figure(figsize=_size(cells))
-    _draw_grid(fig, cells, "normalized_curvature", plt.get_cmap("coolwarm"),
+    ``cells``: :func:`~phase_diagrams.comparison.simulated_cells`."""
+    fig = Figure(figsize=_size(cells))
+    _draw_grid(fig, cells, "normalized_curvature", colormaps["coolwarm"],
                _curvature_norm(cells["normalized_curvature"]), title=title, col_label="eps",
                bar_label="c / Σd (>0 convex)", col_key="eps", row_label=row_label)
     return fig
@@ -146,11 +155,11 @@ def plot_side_by_side(measured: pd.DataFrame, simulated: pd.DataFrame, *, title:
     """Measured | simulated, one figure: left the measured grid (accuracy shading), right the
     chain (c/Σd shading), cells in the same places."""
     w, h = _size(measured)
-    fig = plt.figure(figsize=(2 * w, h + 0.3))
-    _draw_grid(fig, measured, "accuracy", plt.get_cmap("Greys"), _accuracy_norm(measured),
+    fig = Figure(figsize=(2 * w, h + 0.3))
+    _draw_grid(fig, measured, "accuracy", colormaps["Greys"], _accuracy_norm(measured),
                title=f"{title}: measured log D per layer".strip(": "), col_label=col_label,
                bar_label="test accuracy", rect=(0.0, 0.5), row_label=row_label)
-    _draw_grid(fig, simulated, "normalized_curvature", plt.get_cmap("coolwarm"),
+    _draw_grid(fig, simulated, "normalized_curvature", colormaps["coolwarm"],
                _curvature_norm(simulated["normalized_curvature"]),
                title=f"simulated: y − x per block ({preset})", col_label="eps", bar_label="c / Σd",
                col_key="eps", rect=(0.5, 1.0), row_label=row_label)
@@ -170,7 +179,7 @@ def plot_heatmap(cells: pd.DataFrame, value: str = "normalized_curvature", title
             v = cell[value]
             z[a, b] = np.nan if v is None else float(v)
             labels[a, b] = _SHORT.get(cell["regime"], "")
-    fig, ax = plt.subplots(figsize=(0.85 * len(cols) + 2.4, 0.55 * len(rows) + 1.4), layout="constrained")
+    fig, ax = subplots(figsize=(0.85 * len(cols) + 2.4, 0.55 * len(rows) + 1.4), layout="constrained")
     im = ax.imshow(z, cmap="coolwarm", norm=_curvature_norm(z), aspect="auto")
     for a in range(z.shape[0]):
         for b in range(z.shape[1]):
@@ -186,8 +195,8 @@ def plot_heatmap(cells: pd.DataFrame, value: str = "normalized_curvature", title
 
 def plot_accuracy_vs_linearity(accuracy, linearity, rho: float, title: str = ""):
     """Scatter of test accuracy against linearity v (one point per run), with the Spearman ρ
-    computed by :func:`~phase_diagrams.compare.accuracy_linearity`."""
-    fig, ax = plt.subplots(figsize=(4.2, 3.4), layout="constrained")
+    computed by :func:`~phase_diagrams.comparison.accuracy_linearity`."""
+    fig, ax = subplots(figsize=(4.2, 3.4), layout="constrained")
     ax.scatter(linearity, accuracy, s=14, alpha=0.8)
     ax.set_xlabel("linearity v = std of the loads")
     ax.set_ylabel("test accuracy")
@@ -199,10 +208,10 @@ def plot_trajectories(run: pd.Series, sim: pd.Series | None = None, title: str =
     """Load-curve trajectory of one cell over training (``log D_l`` at each probe, one line per
     layer) next to the chain's block trajectories ``y − x_l`` over simulation time."""
     ncols = 2 if sim is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(4.4 * ncols, 3.4), layout="constrained", squeeze=False)
+    fig, axes = subplots(1, ncols, figsize=(4.4 * ncols, 3.4), layout="constrained", squeeze=False)
     traj = np.asarray(run["trajectory"], dtype=float)
     epochs = np.asarray(run["probe_epochs"])
-    colors = plt.get_cmap("viridis")(np.linspace(0, 1, traj.shape[1]))
+    colors = colormaps["viridis"](np.linspace(0, 1, traj.shape[1]))
     ax = axes[0, 0]
     for layer in range(traj.shape[1]):
         ax.plot(epochs, traj[:, layer], color=colors[layer], lw=1.2, label=f"{layer}")
@@ -227,7 +236,7 @@ def plot_comparison(per_cell: pd.DataFrame, summary: pd.DataFrame, title: str = 
     """Measured against simulated c/Σd over cells, one panel per friction preset, coloured by
     whether the regime labels agree; agreement and Spearman in each panel title."""
     presets = list(summary["preset"])
-    fig, axes = plt.subplots(1, len(presets), figsize=(3.6 * len(presets), 3.4), layout="constrained",
+    fig, axes = subplots(1, len(presets), figsize=(3.6 * len(presets), 3.4), layout="constrained",
                              squeeze=False)
     for ax, (_, s) in zip(axes[0], summary.iterrows(), strict=True):
         p = per_cell[per_cell["preset"] == s["preset"]]
@@ -250,18 +259,13 @@ def plot_comparison(per_cell: pd.DataFrame, summary: pd.DataFrame, title: str = 
     return fig
 
 
-def _save(fig, path: Path, written: list):
-    for ext in ("png", "pdf"):
-        fig.savefig(path.with_suffix(f".{ext}"), dpi=130)
-        written.append(path.with_suffix(f".{ext}"))
-    plt.close(fig)
-
-
 def save_figure(fig, path) -> list[Path]:
-    """Save ``fig`` as ``path.png`` and ``path.pdf`` (then close it); returns the two paths."""
-    written: list = []
-    _save(fig, Path(path), written)
-    return written
+    """Save ``fig`` as ``path.png`` and ``path.pdf`` (130 dpi); returns the two paths."""
+    path = Path(path)
+    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in out:
+        fig.savefig(p, dpi=130)
+    return out
 
 
 def plot_curve_fit(res, title: str = ""):
@@ -269,11 +273,11 @@ def plot_curve_fit(res, title: str = ""):
     (every probe of a trajectory, darker = later), with the fitted parameters, their intervals and
     the flags in the title (red when flagged)."""
     m, f = np.atleast_2d(np.asarray(res.measured, float)), np.atleast_2d(np.asarray(res.fitted, float))
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
+    fig, ax = subplots(figsize=(5.2, 3.6), layout="constrained")
     shades = np.linspace(0.35, 1.0, m.shape[0])
     for i in range(m.shape[0]):
-        ax.plot(np.arange(m.shape[1]), m[i], ".", color=plt.cm.Greys(shades[i]), ms=5)
-        ax.plot(np.arange(f.shape[1]), f[i], "-", color=plt.cm.Reds(shades[i]), lw=1.1)
+        ax.plot(np.arange(m.shape[1]), m[i], ".", color=colormaps["Greys"](shades[i]), ms=5)
+        ax.plot(np.arange(f.shape[1]), f[i], "-", color=colormaps["Reds"](shades[i]), lw=1.1)
     ax.set_xlabel("layer l")
     ax.set_ylabel("log D_l")
     parts = [f"{n} {v:.3g} [{res.ci[n][0]:.2g}, {res.ci[n][1]:.2g}]{'' if res.identified.get(n) else ' (n.i.)'}"
@@ -287,54 +291,41 @@ def plot_curve_fit(res, title: str = ""):
     return fig
 
 
-def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | None = None) -> list[Path]:
-    """Write every figure of a stored sweep to ``out_dir`` (PNG and PDF); return the paths.
+def sweep_figures(spec, cells: pd.DataFrame, simulated: dict | None = None, comparison=None, *,
+                  accuracy=None, what: str = "", cell: tuple[int, int] | None = None) -> dict:
+    """Every figure of one sweep from its tables, as ``{name: Figure}`` (:func:`phase_diagrams.jobs.plot_all`
+    saves them).
 
-    ``{sweep}_measured``, ``{sweep}_measured_curvature``, ``{sweep}_accuracy_vs_linearity``, and
-    when simulated cells are stored: ``{sweep}_simulated_{preset}``,
-    ``{sweep}_side_by_side_{preset}``, ``{sweep}_simulated_{preset}_curvature``,
-    ``{sweep}_comparison``; ``{sweep}_trajectories`` for ``cell = (row, col)`` (default: the
-    top-left cell, ReLU at the most noise) if probe trajectories were recorded.
+    ``cells``: :func:`~phase_diagrams.comparison.measured_cells`; ``simulated``: ``{preset:
+    simulated_cells}``; ``comparison``: ``(per_cell, summary)`` of
+    :func:`~phase_diagrams.comparison.compare`; ``accuracy``: ``(accuracy, linearity, rho)`` of
+    :func:`~phase_diagrams.comparison.accuracy_linearity`; ``cell = (row, col)``: the cell whose trajectory is
+    drawn (default the top-left cell, ReLU at the most noise). Names: ``{sweep}_measured``,
+    ``{sweep}_measured_curvature``, ``{sweep}_accuracy_vs_linearity``, per preset
+    ``{sweep}_simulated_{preset}``, ``{sweep}_side_by_side_{preset}``,
+    ``{sweep}_simulated_{preset}_curvature``; ``{sweep}_comparison``; ``{sweep}_trajectories`` when
+    the cell has a probe trajectory.
     """
-    from phase_diagrams.compare import accuracy_linearity, compare, measured_cells, simulated_cells
-    from phase_diagrams.store import Store
-
-    store = store if isinstance(store, Store) else Store(store)
-    spec = store.sweep_spec(sweep)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = store.runs(sweep)
-    if runs.empty:
-        raise ValueError(f"sweep {sweep!r} has no results in {store.path} yet")
-    cells = measured_cells(runs, spec)
-    col = spec.columns.field
+    sweep, col = spec.name, spec.columns.field
     rl = ROW_LABELS.get(spec.rows.field, spec.rows.field)
-    written: list[Path] = []
-    what = f"{spec.train.model}, {spec.train.dataset}"
-    if "source" in runs.columns and (runs["source"] == "outside").all():  # Store.add_runs
-        names = [str(v) for col in ("model", "model_class") if col in runs.columns for v in runs[col] if v is not None]
-        what = "outside runs: " + "/".join(dict.fromkeys(names[:1] or ["own model"]))
-    _save(plot_measured_grid(cells, f"{sweep}: measured load curves ({what})",
-                             col, row_label=rl), out / f"{sweep}_measured", written)
-    _save(plot_heatmap(cells, title=f"{sweep}: measured c / Σd", col_label=col, row_label=spec.rows.field),
-          out / f"{sweep}_measured_curvature", written)
-    acc, lin, rho = accuracy_linearity(cells)
-    _save(plot_accuracy_vs_linearity(acc, lin, rho, sweep), out / f"{sweep}_accuracy_vs_linearity", written)
-    sim = store.simulated(sweep)
-    if not sim.empty:
-        presets = list(dict.fromkeys(sim["preset"]))
-        for preset in presets:
-            sc = simulated_cells(sim, spec, preset)
-            _save(plot_simulated_grid(sc, f"{sweep}: chain, simulator preset {preset}", row_label=rl),
-                  out / f"{sweep}_simulated_{preset}", written)
-            _save(plot_side_by_side(cells, sc, title=sweep, col_label=col, preset=preset, row_label=rl),
-                  out / f"{sweep}_side_by_side_{preset}", written)
-            _save(plot_heatmap(sc, title=f"{sweep}: simulated c / Σd ({preset})", col_label="eps", col_key="eps",
-                               row_label=spec.rows.field),
-                  out / f"{sweep}_simulated_{preset}_curvature", written)
-        per_cell, summary = compare(cells, sim, spec)
-        _save(plot_comparison(per_cell, summary, f"{sweep}: measured vs simulated"), out / f"{sweep}_comparison",
-              written)
+    figs = {
+        f"{sweep}_measured": plot_measured_grid(cells, f"{sweep}: measured load curves ({what})".replace(" ()", ""),
+                                                col, row_label=rl),
+        f"{sweep}_measured_curvature": plot_heatmap(cells, title=f"{sweep}: measured c / Σd", col_label=col,
+                                                    row_label=spec.rows.field),
+    }
+    if accuracy is not None:
+        figs[f"{sweep}_accuracy_vs_linearity"] = plot_accuracy_vs_linearity(*accuracy, sweep)
+    for preset, sc in (simulated or {}).items():
+        figs[f"{sweep}_simulated_{preset}"] = plot_simulated_grid(sc, f"{sweep}: chain, simulator preset {preset}",
+                                                                   row_label=rl)
+        figs[f"{sweep}_side_by_side_{preset}"] = plot_side_by_side(cells, sc, title=sweep, col_label=col,
+                                                                    preset=preset, row_label=rl)
+        figs[f"{sweep}_simulated_{preset}_curvature"] = plot_heatmap(
+            sc, title=f"{sweep}: simulated c / Σd ({preset})", col_label="eps", col_key="eps",
+            row_label=spec.rows.field)
+    if comparison is not None:
+        figs[f"{sweep}_comparison"] = plot_comparison(*comparison, f"{sweep}: measured vs simulated")
     if cell is None:
         top = cells.sort_values(["row_value", "noise_rank"], ascending=[True, False]).iloc[0]
         cell = (int(top["row"]), int(top["col"]))
@@ -343,13 +334,14 @@ def plot_all(store, sweep: str, out_dir="figures", *, cell: tuple[int, int] | No
         raise ValueError(f"cell {cell} is not in the {spec.shape[0]} x {spec.shape[1]} grid of {sweep!r}")
     c = sel.iloc[0]
     if c["trajectory"] is not None and len(c["trajectory"]) > 1:
+        first = next(iter((simulated or {}).values()), None)
         s = None
-        if not sim.empty:
-            sp = sim[(sim["row"] == cell[0]) & (sim["col"] == cell[1])]
+        if first is not None:
+            sp = first[(first["row"] == cell[0]) & (first["col"] == cell[1])]
             s = sp.iloc[0] if not sp.empty else None
         label = f"{sweep}: cell {spec.rows.field}={_fmt(c['row_value'])}, {col}={_fmt(c['col_value'])}"
-        _save(plot_trajectories(c, s, label), out / f"{sweep}_trajectories", written)
-    return written
+        figs[f"{sweep}_trajectories"] = plot_trajectories(c, s, label)
+    return figs
 
 
 def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noise"):
@@ -363,7 +355,7 @@ def plot_fit_heatmaps(fits: pd.DataFrame, title: str = "", col_label: str = "noi
 
     names = [n for n in ("mu_forward", "mu_backward", "eps", "lam", "tau") if n in fits.columns]
     rows, cols = _order(fits)
-    fig, axes = plt.subplots(1, len(names), figsize=(0.62 * len(cols) * len(names) + 1.2 * len(names),
+    fig, axes = subplots(1, len(names), figsize=(0.62 * len(cols) * len(names) + 1.2 * len(names),
                                                       0.42 * len(rows) + 1.7), layout="constrained", squeeze=False)
     table = fits.set_index(["row", "col"])
     for ax, name in zip(axes[0], names, strict=True):
@@ -410,7 +402,7 @@ def plot_fitted_curves(fits: pd.DataFrame, title: str = "", col_label: str = "no
     probe is shown."""
     rows, cols = _order(fits)
     w, h = _size(fits, extra_w=0.8)
-    fig = plt.figure(figsize=(max(w, 6.5), max(h, 3.0)))
+    fig = Figure(figsize=(max(w, 6.5), max(h, 3.0)))
     gs = fig.add_gridspec(len(rows), len(cols), left=0.07, right=0.98, bottom=0.1, top=0.88, wspace=0.25,
                           hspace=0.45)
     table = fits.set_index(["row", "col"])
@@ -450,7 +442,7 @@ def plot_calibration_map(curves: dict, title: str = ""):
     """The calibrated map with its 95 % bands: mu->(alpha) and mu<-(alpha) left, eps over the
     noise coordinate right (the panel's columns marked). ``curves``:
     :meth:`~phase_diagrams.calibration.Calibration.map_curves`."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.3), layout="constrained")
+    fig, (a1, a2) = subplots(1, 2, figsize=(8.4, 3.3), layout="constrained")
     for name, color, label in (("mu_forward", "C0", "μ→ (forward)"), ("mu_backward", "C3", "μ← (backward)")):
         lo, mid, hi = curves[name]
         a1.fill_between(curves["alpha"], lo, hi, color=color, alpha=0.25, lw=0)
@@ -474,7 +466,7 @@ def plot_calibration_map(curves: dict, title: str = ""):
 def plot_scores(scores: pd.DataFrame, title: str = ""):
     """Held-out regime agreement and Spearman of c/Σd per kind of hold-out, each next to the seed
     ceiling on the same cells. ``scores``: :meth:`~phase_diagrams.calibration.Calibration.scores`."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), layout="constrained")
+    fig, axes = subplots(1, 2, figsize=(8.4, 3.0), layout="constrained")
     x = np.arange(len(scores))
     for ax, (val, ceil, lab) in zip(axes, (("regime_agreement", "ceiling_agreement", "regime agreement"),
                                           ("spearman_nc", "ceiling_spearman_nc", "Spearman of c / Σd")), strict=True):

@@ -1,10 +1,10 @@
 """Resumable sweeps: every (cell, seed) a task keyed by its config hash, results in a SQLite store.
 
     from phase_diagrams import load_spec, run_sweep
-    report = run_sweep(load_spec("label-noise"), "runs.sqlite", backend="joblib", workers=2)
+    report = run_sweep("runs.sqlite", load_spec("label-noise"), backend="joblib", workers=2)
 
 Tasks whose configs differ only in member-varying fields (alpha, label noise, lr, dropout, seed,
-...; :data:`nets.train.ENSEMBLE_VARYING`) are trained together as one batched ensemble
+...; :data:`nets.config.ENSEMBLE_VARYING`) are trained together as one batched ensemble
 (:func:`nets.train_ensemble`) of at most ``spec.ensemble_size`` networks — a *work unit*. The
 same task function, :func:`run_unit`, runs on every backend:
 
@@ -15,7 +15,7 @@ same task function, :func:`run_unit`, runs on every backend:
     with one thread for torch/BLAS (no oversubscription).
 ``dask``
     a ``dask.distributed`` cluster: ``scheduler="tcp://host:8786"`` connects to a running
-    scheduler (e.g. one started by dask-jobqueue on SLURM, see the README); without it a
+    scheduler (e.g. one started by dask-jobqueue on SLURM, see docs/scaling-out.md); without it a
     ``LocalCluster`` of ``workers`` single-threaded processes.
 
 The runner (this process) claims a unit's tasks in the store just before it is dispatched,
@@ -36,8 +36,8 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phase_diagrams.spec import GridSpec, load_spec
-from phase_diagrams.store import Store
+from phase_diagrams.spec import load_spec
+from phase_diagrams.store import as_store
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,14 @@ def run_unit(configs: list[dict], data_dir: str | None = None, threads: int = 1)
     :meth:`nets.History.to_record` plus ``status`` (``done`` or ``diverged``), ``train_status``
     and ``config``. An exception fails the whole unit: every record then has status
     ``failed`` and the error (last lines of the traceback) — a sweep never stops on one task.
+    Torch runs on ``threads`` threads; the caller's setting is restored afterwards (the serial
+    backend runs units in the caller's own process).
     """
     import torch
 
-    from nets.train import TrainConfig, train, train_ensemble
+    from nets import TrainConfig, train, train_ensemble
 
+    before = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
         cfgs = [TrainConfig(**c) for c in configs]
@@ -76,6 +79,8 @@ def run_unit(configs: list[dict], data_dir: str | None = None, threads: int = 1)
     except Exception as err:  # recorded in the store, not raised: the sweep goes on
         msg = f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exc().splitlines(True)[-6:])
         return [_failed(c, msg) for c in configs]
+    finally:
+        torch.set_num_threads(before)
 
 
 def _failed(config: dict, message: str) -> dict:
@@ -85,7 +90,7 @@ def _failed(config: dict, message: str) -> dict:
 def work_units(tasks: list[dict], ensemble_size: int) -> list[list[dict]]:
     """Group tasks (as :meth:`GridSpec.tasks`) into ensembles of at most ``ensemble_size``
     compatible configs, keeping the task order (one column's rows together)."""
-    from nets.train import ensemble_key
+    from nets.config import ensemble_key
 
     groups: dict[tuple, list[dict]] = {}
     for t in tasks:
@@ -208,15 +213,15 @@ class SweepReport:
                 f"another runner; {self.wall_s:.1f} s")
 
 
-def run_sweep(spec, store, *, backend: str = "joblib", workers: int | None = None, scheduler: str | None = None,
+def run_sweep(store, spec, *, backend: str = "joblib", workers: int | None = None, scheduler: str | None = None,
               data_dir=None, threads_per_worker: int = 1, progress: bool = True, retry_failed: bool = True,
               max_units: int | None = None) -> SweepReport:
     """Run (or resume) every unfinished task of a sweep and store the results.
 
     Parameters
     ----------
-    spec : GridSpec, preset name or TOML path (:func:`~phase_diagrams.spec.load_spec`)
     store : :class:`~phase_diagrams.store.Store` or path of the SQLite file
+    spec : GridSpec, preset name or TOML path (:func:`~phase_diagrams.spec.load_spec`)
     backend : ``serial`` | ``joblib`` (default) | ``dask``
     workers : processes (default: ``os.cpu_count()``; for dask with ``scheduler``, the cluster's)
     scheduler : dask scheduler address (``dask`` backend only)
@@ -235,8 +240,8 @@ def run_sweep(spec, store, *, backend: str = "joblib", workers: int | None = Non
 
     from nets.data import default_cache_dir
 
-    spec = load_spec(spec) if not isinstance(spec, GridSpec) else spec
-    store = store if isinstance(store, Store) else Store(store)
+    store = as_store(store)
+    spec = load_spec(spec)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if scheduler and backend != "dask":

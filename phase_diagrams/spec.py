@@ -28,7 +28,7 @@ TOML and validated with errors that name the offending entry::
     eps_min = 0.01
     eps_max = 0.3
 
-Presets (:data:`PRESETS`; ``python -m phase_diagrams spec NAME`` prints one as TOML): the four
+Presets (:data:`SPEC_PRESETS`; ``python -m phase_diagrams spec NAME`` prints one as TOML): the four
 original panels, each × alpha in {0, 0.2, ..., 1} on the original protocol (SPEC §3.3; the SPEC
 gives the ranges of the noise axes, the eight values per axis are ours):
 
@@ -48,10 +48,10 @@ leaky-resnet-smoke 2 x 2 cells of tiny leaky ResNets on the Gaussian mixture    
 
 The leaky-ResNet presets simulate the ``mesh`` counterpart (:func:`phase_diagrams.simulated.mesh_grid`):
 one chain per cell whose springs follow the network's mesh (``k_ℓ ∝ 1/(L̃ ρ_ℓ)``) with an on-site
-potential ``κ_ℓ ∝ L̃ ρ_ℓ`` (``simulator.kappa``, ``simulator.pin``); rows are L̃, not friction.
+potential ``κ_ℓ ∝ L̃ ρ_ℓ`` (``simulator.kappa``, ``simulator.pin_fraction``); rows are L̃, not friction.
 
 Simulator mapping: row ``alpha`` → friction ``(mu->, mu<-)`` by each friction preset of
-:func:`phase_diagrams.simulated.friction_for`; column value → noise ``eps`` by ``eps_map``:
+:func:`phase_diagrams.friction.friction_for`; column value → noise ``eps`` by ``eps_map``:
 
 ``rank``
     the columns ordered from least to most noisy (:data:`NOISE_DIRECTION`) get ``eps`` on a
@@ -70,23 +70,23 @@ import dataclasses
 import hashlib
 import json
 import math
-import typing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tomllib
 
-from nets.train import TrainConfig
-from phase_diagrams.simulated import MESH_PRESET, SIM_PRESETS
-from phase_diagrams.simulated import PRESETS as FRICTION_PRESETS
+from nets.config import TrainConfig, coerce_field
+from phase_diagrams.friction import FRICTION_PRESETS, MESH_PRESET, SIM_PRESETS
 
 __all__ = [
     "AxisSpec",
     "SimSpec",
     "GridSpec",
     "SpecError",
-    "PRESETS",
+    "SPEC_PRESETS",
+    "ALPHAS",
     "NOISE_DIRECTION",
     "load_spec",
     "spec_from_dict",
@@ -110,16 +110,50 @@ NOISE_DIRECTION = {
 }
 EPS_MAPS = ("rank", "linear", "log", "explicit")
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_TRAIN_HINTS = typing.get_type_hints(TrainConfig)
-ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+#: The rows of the original panels: LeakyReLU slopes (0 = ReLU).
+ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+_MAX_INT = 2**63 - 1  # SQLite INTEGER
+
+
+def _fail(where: str, value, why: str):
+    raise SpecError(f"{where}={value!r}: {why}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _check_int(where: str, v, lo: int, hi: int = _MAX_INT):
+    if not _is_int(v) or not lo <= v <= hi:
+        _fail(where, v, f"must be an integer >= {lo}" + ("" if hi == _MAX_INT else f" and <= {hi}") + " (below 2**63)")
+
+
+def _check_real(where: str, v, lo: float = -math.inf, hi: float = math.inf):
+    if not _is_real(v) or not math.isfinite(v) or not lo <= v <= hi:
+        _fail(where, v, f"must be a finite number in [{lo:g}, {hi:g}]")
 
 
 @dataclass(frozen=True)
 class AxisSpec:
-    """One axis of the diagram: a :class:`nets.TrainConfig` field and its values."""
+    """One axis of the diagram: a :class:`nets.TrainConfig` field and its distinct values."""
 
     field: str
     values: tuple
+
+    def __post_init__(self):
+        if not isinstance(self.field, str) or self.field not in _TRAIN_FIELDS or self.field == "seed":
+            _fail("field", self.field, "not a TrainConfig field that can be an axis")
+        if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__len__"):
+            _fail("values", self.values, f"expected a list of {self.field} values")
+        object.__setattr__(self, "values", tuple(self.values))
+        if not self.values:
+            _fail("values", [], f"empty {self.field} axis (give at least one value)")
+        if len(set(self.values)) != len(self.values):
+            _fail("values", list(self.values), f"repeated {self.field} value")
 
 
 @dataclass(frozen=True)
@@ -128,6 +162,7 @@ class SimSpec:
 
     The chain has one block per hidden layer (``n_blocks`` = the model's ``depth``) and
     otherwise the original first-order parameters (``k = 1``, ``eta = 0.01``, ``y = 1``).
+    Every field is checked on construction (:class:`SpecError` naming the field).
     """
 
     presets: tuple = FRICTION_PRESETS  # friction parametrisations to simulate (may be empty)
@@ -142,13 +177,40 @@ class SimSpec:
     record_every: int = 100            # trajectory record interval (steps)
     seed: int = 0
     kappa: float = 1.0                 # "mesh" preset: pinning strength kappa-bar
-    pin: float = 0.5                   # "mesh" preset: bottleneck position a = pin * y
+    pin_fraction: float = 0.5          # "mesh" preset: pin position a = pin_fraction * y
+
+    def __post_init__(self):
+        w = "simulator."
+        if isinstance(self.presets, str) or not hasattr(self.presets, "__iter__"):
+            _fail(w + "presets", self.presets, "expected a list of preset names")
+        object.__setattr__(self, "presets", tuple(self.presets))
+        for n, p in enumerate(self.presets):
+            if p not in SIM_PRESETS:
+                _fail(f"{w}presets[{n}]", p, f"unknown friction preset; choose from {', '.join(SIM_PRESETS)}")
+        if self.eps_map not in EPS_MAPS:
+            _fail(w + "eps_map", self.eps_map, f"unknown; choose one of {', '.join(EPS_MAPS)}")
+        _check_real(w + "mu_max", self.mu_max, 0.0)
+        _check_real(w + "ratio", self.ratio, 1.0)
+        _check_real(w + "eps_min", self.eps_min, 0.0)
+        _check_real(w + "eps_max", self.eps_max, self.eps_min)
+        if isinstance(self.eps, str) or not hasattr(self.eps, "__iter__"):
+            _fail(w + "eps", self.eps, "expected a list of numbers")
+        object.__setattr__(self, "eps", tuple(self.eps))
+        for n, e in enumerate(self.eps):
+            _check_real(f"{w}eps[{n}]", e, 0.0)
+        _check_int(w + "n_chains", self.n_chains, 1)
+        _check_int(w + "n_steps", self.n_steps, 1)
+        _check_int(w + "record_every", self.record_every, 1)
+        _check_int(w + "seed", self.seed, 0)
+        _check_real(w + "kappa", self.kappa, 0.0)
+        _check_real(w + "pin_fraction", self.pin_fraction)
 
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A validated sweep: build with :func:`load_spec`, :func:`preset_spec` or
-    :func:`spec_from_dict` (which check every entry)."""
+    """A validated sweep: build with :func:`load_spec`, :func:`preset_spec`,
+    :func:`spec_from_dict` (TOML types, unknown keys) or directly — the constructor checks every
+    entry and the axes against the training config and the simulator (:class:`SpecError`)."""
 
     name: str
     train: TrainConfig
@@ -157,6 +219,33 @@ class GridSpec:
     seeds: tuple = (1,)
     ensemble_size: int = 6
     simulator: SimSpec = field(default_factory=SimSpec)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            _fail("name", self.name, "must be a non-empty string")
+        for what, typ in (("train", TrainConfig), ("rows", AxisSpec), ("columns", AxisSpec), ("simulator", SimSpec)):
+            if not isinstance(getattr(self, what), typ):
+                _fail(what, getattr(self, what), f"expected a {typ.__name__}")
+        if isinstance(self.seeds, (str, bytes)) or not hasattr(self.seeds, "__iter__"):
+            _fail("seeds", self.seeds, "expected a list of integers")
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if not self.seeds:
+            _fail("seeds", [], "empty (give at least one seed)")
+        for n, sd in enumerate(self.seeds):
+            _check_int(f"seeds[{n}]", sd, 0)
+        if len(set(self.seeds)) != len(self.seeds):
+            _fail("seeds", list(self.seeds), "repeated seed")
+        _check_int("ensemble_size", self.ensemble_size, 1)
+        if self.rows.field == self.columns.field:
+            _fail("columns.field", self.columns.field, "rows and columns sweep the same field")
+        for ax in ("rows", "columns"):
+            a = getattr(self, ax)
+            for n, v in enumerate(a.values):
+                try:
+                    self.train.replace(**{a.field: v})
+                except (TypeError, ValueError) as err:
+                    raise SpecError(f"{ax}.values[{n}]={v!r}: {err}") from None
+        _check_simulator(self.simulator, self.rows, self.columns)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -184,6 +273,16 @@ class GridSpec:
     def column_eps(self) -> np.ndarray:
         """Noise amplitude ``eps`` standing for each column (module docstring)."""
         return _eps_for(self.columns, self.simulator)
+
+    def noise_values(self) -> np.ndarray:
+        """The column values as numbers oriented so that larger = noisier
+        (:data:`NOISE_DIRECTION`; a ``None`` batch size is the full batch)."""
+        sign = NOISE_DIRECTION.get(self.columns.field, 1)
+        return sign * np.array([math.inf if v is None else float(v) for v in self.columns.values])
+
+    def noise_rank(self) -> np.ndarray:
+        """Rank of each column from least (0) to most noisy (plots put more noise to the left)."""
+        return np.argsort(np.argsort(self.noise_values(), kind="stable"), kind="stable")
 
     def to_dict(self) -> dict:
         """Plain nested dict (the TOML layout); ``None`` written as ``"none"``."""
@@ -226,7 +325,7 @@ def _panel(name, column, values, epochs=100, **train):
     )
 
 
-PRESETS: dict[str, dict] = {
+SPEC_PRESETS: dict[str, dict] = {
     "label-noise": _panel("label-noise", "label_noise", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]),
     "learning-rate": _panel("learning-rate", "lr", [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.5],
                             epochs=200),
@@ -267,10 +366,10 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_spec(name: str, **overrides) -> GridSpec:
-    """The named preset (:data:`PRESETS`), with top-level ``overrides`` (dicts merge)."""
-    if name not in PRESETS:
-        raise SpecError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return spec_from_dict(_merge(copy.deepcopy(PRESETS[name]), overrides))
+    """The named preset (:data:`SPEC_PRESETS`), with top-level ``overrides`` (dicts merge)."""
+    if name not in SPEC_PRESETS:
+        raise SpecError(f"unknown preset {name!r}; choose one of {', '.join(SPEC_PRESETS)}")
+    return spec_from_dict(_merge(copy.deepcopy(SPEC_PRESETS[name]), overrides))
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -290,7 +389,7 @@ _AXIS_KEYS = {"field", "values"}
 _SIM_TYPES = {
     "presets": list, "mu_max": float, "ratio": float, "eps_map": str, "eps_min": float,
     "eps_max": float, "eps": list, "n_chains": int, "n_steps": int, "record_every": int, "seed": int,
-    "kappa": float, "pin": float,
+    "kappa": float, "pin_fraction": float,
 }
 
 
@@ -320,16 +419,10 @@ def _unknown(where: str, keys, allowed):
 
 def _train_value(where: str, name: str, value):
     """Check one TrainConfig field value from TOML; ``"none"`` means None for optional fields."""
-    hint = _TRAIN_HINTS[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if optional and isinstance(value, str) and value.lower() == "none":
-        return None
-    if base is str and optional and isinstance(value, str):
-        return value
-    _check_type(where, value, base)
-    return float(value) if base is float else value
+    try:
+        return coerce_field(name, value, where=where)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
 
 
 def _train_config(where: str, fields: dict) -> TrainConfig:
@@ -352,9 +445,9 @@ def spec_from_dict(d: dict, *, source: str = "spec") -> GridSpec:
     if "preset" in d:
         name = d.pop("preset")
         _check_type("preset", name, str)
-        if name not in PRESETS:
-            raise SpecError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        d = _merge(copy.deepcopy(PRESETS[name]), d)
+        if name not in SPEC_PRESETS:
+            raise SpecError(f"preset: unknown preset {name!r}; choose one of {', '.join(SPEC_PRESETS)}")
+        d = _merge(copy.deepcopy(SPEC_PRESETS[name]), d)
     _unknown("", d, _TOP_KEYS)
     for key in ("name", "train", "rows", "columns"):
         if key not in d:
@@ -382,110 +475,65 @@ def spec_from_dict(d: dict, *, source: str = "spec") -> GridSpec:
         if a["field"] not in _TRAIN_FIELDS or a["field"] == "seed":
             raise SpecError(f"{ax}.field: {a['field']!r} is not a TrainConfig field that can be an axis")
         _check_type(f"{ax}.values", a["values"], list)
-        if not a["values"]:
-            raise SpecError(f"{ax}.values: empty axis (give at least one value)")
-        vals = []
-        for n, v in enumerate(a["values"]):
-            w = f"{ax}.values[{n}]"
-            v = _train_value(w, a["field"], v)
-            _train_config(w, dict(train_fields, **{a["field"]: v}))
-            vals.append(v)
-        if len(set(vals)) != len(vals):
-            raise SpecError(f"{ax}.values: repeated value in {vals}")
-        axes[ax] = AxisSpec(a["field"], tuple(vals))
-    if axes["rows"].field == axes["columns"].field:
-        raise SpecError(f"rows.field and columns.field are both {axes['rows'].field!r}")
+        vals = [_train_value(f"{ax}.values[{n}]", a["field"], v) for n, v in enumerate(a["values"])]
+        try:
+            axes[ax] = AxisSpec(a["field"], tuple(vals))
+        except SpecError as err:
+            raise SpecError(f"{ax}.{err}") from None
 
-    # seeds, ensemble size
     seeds = d.get("seeds", [1])
     _check_type("seeds", seeds, list)
-    if not seeds:
-        raise SpecError("seeds: empty (give at least one seed)")
-    for n, s in enumerate(seeds):
-        _check_type(f"seeds[{n}]", s, int)
-        if s < 0:
-            raise SpecError(f"seeds[{n}]: must be >= 0, got {s}")
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"seeds: repeated seed in {seeds}")
     ens = d.get("ensemble_size", 6)
     _check_type("ensemble_size", ens, int)
-    if ens < 1:
-        raise SpecError(f"ensemble_size: must be >= 1, got {ens}")
-
-    sim = _sim_spec(d.get("simulator", {}), axes["columns"], axes["rows"])
-    return GridSpec(name=d["name"], train=train, rows=axes["rows"], columns=axes["columns"],
-                    seeds=tuple(seeds), ensemble_size=ens, simulator=sim)
-
-
-def _sim_spec(s: dict, columns: AxisSpec, rows: AxisSpec) -> SimSpec:
-    _check_type("simulator", s, dict)
-    _unknown("simulator.", s, _SIM_TYPES)
+    sim = d.get("simulator", {})
+    _check_type("simulator", sim, dict)
+    _unknown("simulator.", sim, _SIM_TYPES)
     kw = {}
-    for k, v in s.items():
+    for k, v in sim.items():
         _check_type(f"simulator.{k}", v, _SIM_TYPES[k])
+        if k in ("presets", "eps"):
+            for n, x in enumerate(v):
+                _check_type(f"simulator.{k}[{n}]", x, str if k == "presets" else float)
+            v = tuple(float(x) for x in v) if k == "eps" else tuple(v)
         kw[k] = float(v) if _SIM_TYPES[k] is float else v
-    if "presets" in kw:
-        for n, p in enumerate(kw["presets"]):
-            if p not in SIM_PRESETS:
-                raise SpecError(f"simulator.presets[{n}]: unknown friction preset {p!r}; choose from "
-                                f"{', '.join(SIM_PRESETS)}")
-        kw["presets"] = tuple(kw["presets"])
-    if "eps" in kw:
-        for n, e in enumerate(kw["eps"]):
-            _check_type(f"simulator.eps[{n}]", e, float)
-        kw["eps"] = tuple(float(e) for e in kw["eps"])
-    sim = SimSpec(**kw)
-    if sim.eps_map not in EPS_MAPS:
-        raise SpecError(f"simulator.eps_map: {sim.eps_map!r} unknown; choose one of {', '.join(EPS_MAPS)}")
-    if not (0 <= sim.eps_min <= sim.eps_max) or not math.isfinite(sim.eps_max):
-        raise SpecError(f"simulator: need 0 <= eps_min <= eps_max, got {sim.eps_min} and {sim.eps_max}")
-    if sim.mu_max < 0 or sim.ratio < 1:
-        raise SpecError(f"simulator: need mu_max >= 0 and ratio >= 1, got {sim.mu_max} and {sim.ratio}")
-    for k in ("n_chains", "n_steps", "record_every"):
-        if getattr(sim, k) < 1:
-            raise SpecError(f"simulator.{k}: must be >= 1, got {getattr(sim, k)}")
-    if sim.seed < 0:
-        raise SpecError(f"simulator.seed: must be >= 0, got {sim.seed}")
-    if sim.kappa < 0 or not math.isfinite(sim.kappa) or not math.isfinite(sim.pin):
-        raise SpecError(f"simulator: need kappa >= 0 and a finite pin, got {sim.kappa} and {sim.pin}")
+    return GridSpec(name=d["name"], train=train, rows=axes["rows"], columns=axes["columns"],
+                    seeds=tuple(seeds), ensemble_size=ens, simulator=SimSpec(**kw))
+
+
+def _check_simulator(sim: SimSpec, rows: AxisSpec, columns: AxisSpec) -> None:
+    """The simulator's mapping must fit the axes (rows → friction or mesh, columns → eps)."""
     if MESH_PRESET in sim.presets:
         if rows.field != "ltilde":
             raise SpecError(f"rows.field: the 'mesh' simulator maps the effective depth ltilde to the chain, "
                             f"got {rows.field!r}")
         if any(v is None or v <= 0 for v in rows.values):
             raise SpecError(f"rows.values: the 'mesh' simulator needs ltilde > 0, got {list(rows.values)}")
-    if any(p != MESH_PRESET for p in sim.presets) and rows.field != "alpha":
-        raise SpecError(f"rows.field: the simulator maps alpha to friction, got {rows.field!r} "
-                        "(set simulator.presets = [] to sweep another row field, or ['mesh'] for ltilde)")
+    if any(p != MESH_PRESET for p in sim.presets):
+        if rows.field != "alpha":
+            raise SpecError(f"rows.field: the simulator maps alpha to friction, got {rows.field!r} "
+                            "(set simulator.presets = [] to sweep another row field, or ['mesh'] for ltilde)")
+        if any(not 0 <= v <= 1 for v in rows.values):
+            raise SpecError(f"rows.values: the friction presets need alpha in [0, 1], got {list(rows.values)}")
     if sim.presets:
         if columns.field not in NOISE_DIRECTION:
             raise SpecError(f"columns.field: {columns.field!r} is not a noise axis "
                             f"({', '.join(NOISE_DIRECTION)}); set simulator.presets = [] to sweep it")
         if sim.eps_map == "explicit" and len(sim.eps) != len(columns.values):
             raise SpecError(f"simulator.eps: {len(sim.eps)} values for {len(columns.values)} columns")
-        if any(e < 0 for e in sim.eps):
-            raise SpecError(f"simulator.eps: values must be >= 0, got {list(sim.eps)}")
         if sim.eps_map == "log" and any(v is None or v <= 0 for v in columns.values):
             raise SpecError("simulator.eps_map: 'log' needs column values > 0")
         if sim.eps_map in ("linear", "log") and any(v is None for v in columns.values):
             raise SpecError("simulator.eps_map: column values must be numbers")
-    return sim
-
-
-def _noise_rank_values(columns: AxisSpec) -> np.ndarray:
-    """Column values as numbers oriented so that larger = noisier (None batch = full batch)."""
-    sign = NOISE_DIRECTION.get(columns.field, 1)
-    vals = [math.inf if v is None else float(v) for v in columns.values]
-    return sign * np.array(vals)
 
 
 def _eps_for(columns: AxisSpec, sim: SimSpec) -> np.ndarray:
     n = len(columns.values)
     if sim.eps_map == "explicit":
         return np.array(sim.eps, dtype=float)
-    z = _noise_rank_values(columns)
+    sign = NOISE_DIRECTION.get(columns.field, 1)
+    z = sign * np.array([math.inf if v is None else float(v) for v in columns.values])
     if sim.eps_map == "rank":
-        grid = np.geomspace(max(sim.eps_min, 1e-300), sim.eps_max, n) if sim.eps_min > 0 else \
+        grid = np.geomspace(sim.eps_min, sim.eps_max, n) if sim.eps_min > 0 else \
             np.linspace(sim.eps_min, sim.eps_max, n)
         if n == 1:
             grid = np.array([sim.eps_max])
@@ -512,14 +560,19 @@ def load_spec(source) -> GridSpec:
     """
     if isinstance(source, GridSpec):
         return source
+    if not isinstance(source, (str, dict, os.PathLike)):
+        raise SpecError(f"spec: expected a GridSpec, a preset name, a TOML path or a dict, got "
+                        f"{type(source).__name__} (arguments go store first: e.g. run_sweep(store, spec))")
     if isinstance(source, dict):
         return spec_from_dict(source)
     text = str(source)
-    if text in PRESETS:
+    if text in SPEC_PRESETS:
         return preset_spec(text)
     path = Path(text)
     if not path.exists():
-        raise SpecError(f"{text!r} is neither a spec file nor a preset ({', '.join(PRESETS)})")
+        raise SpecError(f"{text!r} is neither a spec file nor a preset ({', '.join(SPEC_PRESETS)})")
+    if path.is_dir():
+        raise SpecError(f"{text!r} is a directory, not a spec file")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:

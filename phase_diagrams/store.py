@@ -49,7 +49,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Store", "STATUSES", "LEASE_S"]
+__all__ = ["Store", "as_store", "STATUSES", "LEASE_S", "RESULT_FIELDS", "ARRAY_COLUMNS"]
+
+#: Per-run results stored as JSON (arrays, or scalars of the leaky-ResNet probes): columns of :meth:`Store.runs`.
+RESULT_FIELDS = ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve", "probe_accuracy",
+                 "rho", "loads_per_depth", "min_coi", "k_hat_median", "test_loss")
+#: Columns of the runs and simulated tables that may hold arrays (exported as JSON text in CSV files).
+ARRAY_COLUMNS = RESULT_FIELDS + ("col_value", "row_value", "times", "params")
 
 STATUSES = ("done", "diverged", "failed")
 #: A claim from another host expires after this many seconds without a refresh.
@@ -138,7 +144,7 @@ def _config_defaults() -> dict:
     """Defaults of the training config, for fields a stored config omits (written only when set)."""
     import dataclasses
 
-    from nets.train import TrainConfig
+    from nets.config import TrainConfig
 
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -147,6 +153,8 @@ def _config_defaults() -> dict:
 #: config or spec without the field was run the old way. (Before ``subset`` existed every run
 #: used the NumPy subset; the default is now the original code's subset.)
 LEGACY_DEFAULTS = {"subset": "numpy"}
+#: Spec keys renamed since a store may have been written: ``(table, old, new)``.
+LEGACY_NAMES = (("simulator", "pin", "pin_fraction"),)
 
 
 def _stored_spec(text: str):
@@ -159,6 +167,9 @@ def _stored_spec(text: str):
     train = d.setdefault("train", {})
     for name, value in LEGACY_DEFAULTS.items():
         train.setdefault(name, value)
+    for table, old, new in LEGACY_NAMES:
+        if old in d.get(table, {}):
+            d[table][new] = d[table].pop(old)
     return spec_from_dict(d)
 
 _SUMMARY = ("test_accuracy", "curvature", "normalized_curvature", "linearity", "regime", "epochs_run",
@@ -195,6 +206,24 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def as_store(store) -> Store:
+    """``store`` itself if it is a :class:`Store`, else the store at that path (created if missing).
+
+    Every function of the package that takes a store takes it first and accepts either form.
+
+    Raises
+    ------
+    TypeError
+        Neither a path nor a Store (e.g. a spec passed where the store goes).
+    """
+    if isinstance(store, Store):
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return Store(store)
+    raise TypeError(f"store: expected a path or a Store, got {type(store).__name__} "
+                    "(arguments go store first: e.g. run_sweep(store, spec))")
 
 
 class Store:
@@ -285,6 +314,24 @@ class Store:
 
     def sweeps(self) -> list[str]:
         return [r[0] for r in self._query("SELECT name FROM sweeps ORDER BY created_at")]
+
+    def sweep_name(self, sweep: str | None = None) -> str:
+        """``sweep`` if the store holds it; with ``None``, the store's only sweep.
+
+        Raises
+        ------
+        KeyError
+            No such sweep, or ``None`` while the store holds zero or several sweeps.
+        """
+        names = self.sweeps()
+        if sweep is not None:
+            if sweep not in names:
+                raise KeyError(f"no sweep {sweep!r} in {self.path} (sweeps: {', '.join(names) or 'none'})")
+            return sweep
+        if len(names) != 1:
+            raise KeyError(f"{self.path} holds {len(names)} sweeps ({', '.join(names) or 'none'}); "
+                           "name one with --sweep")
+        return names[0]
 
     def sweep_spec(self, name: str):
         """The :class:`~phase_diagrams.spec.GridSpec` registered under ``name``."""
@@ -541,8 +588,7 @@ class Store:
             df[col] = configs.map(lambda c, n=name, d=default: c.get(n, None if c.get("source") == "outside" else d))
         if with_arrays:
             results = df["result"].map(lambda s: json.loads(s) if s else {})
-            for name in ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve",
-                         "probe_accuracy", "rho", "loads_per_depth", "min_coi", "k_hat_median", "test_loss"):
+            for name in RESULT_FIELDS:
                 df[name] = results.map(lambda r, n=name: r.get(n))
         return df.drop(columns=["config", "result"])
 

@@ -23,6 +23,15 @@ physics share one vector loop, and the rare lanes whose candidate needs a rescue
 the settled normal; shared noise draws one row per step (:func:`~springblock._rng.draw_lanes`).
 When a point has ``eps == 0`` no random numbers are drawn for it.
 
+Injected normals (tests). :func:`first_order_injected` and :func:`second_order_injected` run the
+same group kernels, compiled with ``injected=True``: each lane reads its normals from a row of
+``xi`` (the stream :func:`springblock.dynamics.standard_normals` would give, in the same order)
+instead of drawing them, and feeds them through the kernels' shared-noise update
+``F + eps(t) z`` -- the operations the drawing path performs, bit for bit (the folded scaling
+of :func:`~springblock._rng.draw_lane_scaled` is exact). With a chain's own stream they reproduce
+:func:`first_order` exactly; with chosen normals (the same Brownian path at several step sizes)
+they measure the production kernels' strong order.
+
 Memory. Every array a group writes in its step loop is its own and starts on a cache line
 (:func:`_aligned_empty`, 64-byte aligned frame arrays): with the allocator's 16-byte alignment,
 vector loads and stores split cache lines in some processes and not others, and two threads'
@@ -56,9 +65,10 @@ from springblock._rng import (
     rescue_lanes,
     seed_lanes,
 )
-from springblock.params import NOISE_FLOOR
+from springblock.params import EPS_FLOOR
 
-__all__ = ["first_order", "first_order_serial", "second_order", "second_order_serial", "LANES"]
+__all__ = ["first_order", "first_order_serial", "second_order", "second_order_serial", "first_order_injected",
+           "second_order_injected", "LANES"]
 
 
 @njit(inline="always")
@@ -93,10 +103,10 @@ def _record_start(traj, x, c0, n_valid):
 
 @njit(inline="always")
 def _eps_t(e0, lm, h, step):
-    """The noise amplitude at ``step``: ``e0 exp(-lm step h)``, 0 below ``NOISE_FLOOR`` (as the
+    """The noise amplitude at ``step``: ``e0 exp(-lm step h)``, 0 below ``EPS_FLOOR`` (as the
     reference's ``_eps_t``)."""
     e = e0 if lm == 0.0 else e0 * math.exp(-lm * (step * h))
-    return e if e >= NOISE_FLOOR else 0.0
+    return e if e >= EPS_FLOOR else 0.0
 
 
 @njit(inline="always")
@@ -118,6 +128,13 @@ def _any_nonzero(a):
 
 
 @njit(inline="always")
+def _inject(z, xi, c0, n_valid, col):
+    """``z[g] = xi[chain of lane g, col]`` (padding lanes repeat the last valid chain)."""
+    for g in range(LANES):
+        z[g] = xi[c0 + min(g, n_valid - 1), col]
+
+
+@njit(inline="always")
 def _spring_force(xr, xo, xl, k0, k1, ka, a, pinned):
     """``k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i)`` in the reference's
     operation order; the pinning term is left out when ``pinned`` is False (it is then exactly 0)."""
@@ -133,16 +150,18 @@ def _slide(xo, f, fw, nbw, h):
     return xo + h * (f - min(max(f, nbw), fw))
 
 
-def _make_group_first_order(pinned):
+def _make_group_first_order(pinned, injected):
     """The first-order group kernel with the pinning term compiled in (``pinned=True``) or out: a
-    constant here, so the unpinned kernel's vector loop carries no pinning branch or operands."""
+    constant here, so the unpinned kernel's vector loop carries no pinning branch or operands.
+    ``injected=True``: normals are read from ``xi`` (see the module docstring), not drawn."""
 
     @njit(cache=True)
-    def _group_first_order(x, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_steps,
+    def _group_first_order(x, traj, seeds, xi, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, n_steps,
                            record_every, zt, zk, zf, zr):
         """Chains ``c0 .. c0 + n_valid - 1`` (one point, ``n_valid <= LANES``) of the overdamped model, in place.
 
-        x : (n, L) positions in/out; traj : (n, R, L); kp : (L+1,); mf, mb, kap, pn : (L,); scalars.
+        x : (n, L) positions in/out; traj : (n, R, L); kp : (L+1,); mf, mb, kap, pn : (L,); scalars;
+        xi : (n, n_normals) injected normals (``injected`` only; otherwise unused).
         Per step and block i, for all lanes at once (old positions ``xa``, new ``xb``):
 
             F = k_{i+1} (x_{i+1} - x_i) - k_i (x_i - x_{i-1}) - kappa_i (x_i - a_i) + eps(t) xi
@@ -183,13 +202,17 @@ def _make_group_first_order(pinned):
             cur = step & 1
             nxt = 1 - cur
             if noisy and sh:  # shared noise: one draw per step for all blocks
-                if draw_lanes(z, rr, st, tab):
+                if injected:
+                    _inject(z, xi, c0, n_valid, step)
+                elif draw_lanes(z, rr, st, tab):
                     rescue_lanes(z, rr, aux, tab, tk, tf, zr)
             for i in range(L):
                 k0, k1, fw, nbw, ka, a = kp[i], kp[i + 1], mf[i], -mb[i], kap[i], pn[i]
                 # (The row loops are written out here, not in helpers taking xs: Numba increfs and
                 # decrefs array arguments around every inlined call, an atomic op and a call per row.)
-                if noisy and not sh:
+                if injected and noisy and not sh:
+                    _inject(z, xi, c0, n_valid, step * L + i)
+                if noisy and not sh and not injected:
                     any_rescue = False
                     for g in range(LANES):
                         r, ez, ok = draw_lane_scaled(st, g, tab, es)
@@ -224,86 +247,104 @@ def _make_group_first_order(pinned):
     return _group_first_order
 
 
-# Numba's cache keys each by its closure constant too, so both are cached.
-_group_first_order_free = _make_group_first_order(False)
-_group_first_order_pinned = _make_group_first_order(True)
+# Numba's cache keys each by its closure constants too, so all are cached.
+_group_first_order_free = _make_group_first_order(False, False)
+_group_first_order_pinned = _make_group_first_order(True, False)
+_group_first_order_free_injected = _make_group_first_order(False, True)
+_group_first_order_pinned_injected = _make_group_first_order(True, True)
 
 
-@njit(cache=True)
-def _group_second_order(x, v, traj, seeds, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, im, gm,
-                        n_steps, record_every, zt, zk, zf, zr):
-    """Chains ``c0 .. c0 + n_valid - 1`` of the Langevin model, in place (``v`` like ``x``).
+def _make_group_second_order(injected):
+    """The second-order group kernel; ``injected=True`` reads normals from ``xi`` (see the module
+    docstring) instead of drawing them."""
 
-    Per step and block, with a = (spring + pinning force) / m at the old positions:
+    @njit(cache=True)
+    def _group_second_order(x, v, traj, seeds, xi, c0, n_valid, kp, mf, mb, kap, pn, e0, lm, h, yp, sh, im, gm,
+                            n_steps, record_every, zt, zk, zf, zr):
+        """Chains ``c0 .. c0 + n_valid - 1`` of the Langevin model, in place (``v`` like ``x``).
 
-        u     = v + dt (a - (gamma/m) v) + eps(t) sqrt(dt) xi
-        v_new = u - clip(u, -mu<- dt, mu-> dt)     (= sign(u) max(|u| - theta dt, 0))
-        x_new = x + dt v_new
-    """
-    L = x.shape[1]
-    tab = lane_table(zt)
-    st = frame_array(STATE_WORDS, np.uint64)
-    z = frame_array(LANES, np.float64)
-    rr = frame_array(LANES, np.uint64)
-    aux = np.empty((4, LANES), dtype=np.uint64)
-    seed_lanes(st, aux, seeds, c0, n_valid)
-    xa = _aligned_empty((L + 2) * LANES).reshape((L + 2, LANES))
-    xb = _aligned_empty((L + 2) * LANES).reshape((L + 2, LANES))
-    _load_group(xa, xb, x, c0, n_valid, yp)
-    tk = zk.copy()  # thread-local rescue tables, as in the first-order kernel
-    tf = zf.copy()
-    vl = _aligned_empty(L * LANES).reshape((L, LANES))
-    for g in range(LANES):
+        Per step and block, with a = (spring + pinning force) / m at the old positions:
+
+            u     = v + dt (a - (gamma/m) v) + eps(t) sqrt(dt) xi
+            v_new = u - clip(u, -mu<- dt, mu-> dt)     (= sign(u) max(|u| - theta dt, 0))
+            x_new = x + dt v_new
+
+        xi : (n, n_normals) injected normals (``injected`` only; otherwise unused).
+        """
+        L = x.shape[1]
+        tab = lane_table(zt)
+        st = frame_array(STATE_WORDS, np.uint64)
+        z = frame_array(LANES, np.float64)
+        rr = frame_array(LANES, np.uint64)
+        aux = np.empty((4, LANES), dtype=np.uint64)
+        seed_lanes(st, aux, seeds, c0, n_valid)
+        xa = _aligned_empty((L + 2) * LANES).reshape((L + 2, LANES))
+        xb = _aligned_empty((L + 2) * LANES).reshape((L + 2, LANES))
+        _load_group(xa, xb, x, c0, n_valid, yp)
+        tk = zk.copy()  # thread-local rescue tables, as in the first-order kernel
+        tf = zf.copy()
+        vl = _aligned_empty(L * LANES).reshape((L, LANES))
+        for g in range(LANES):
+            for i in range(L):
+                vl[i, g] = v[c0 + min(g, n_valid - 1), i]
+        _record_start(traj, x, c0, n_valid)
+        for g in range(LANES):
+            z[g] = 0.0
+        noisy = e0 != 0.0
+        sq = math.sqrt(h)
+        fh = np.empty(L)  # friction impulses mu-> dt and -mu<- dt, rounded as the reference's theta * dt
+        bh = np.empty(L)
         for i in range(L):
-            vl[i, g] = v[c0 + min(g, n_valid - 1), i]
-    _record_start(traj, x, c0, n_valid)
-    for g in range(LANES):
-        z[g] = 0.0
-    noisy = e0 != 0.0
-    sq = math.sqrt(h)
-    fh = np.empty(L)  # friction impulses mu-> dt and -mu<- dt, rounded as the reference's theta * dt
-    bh = np.empty(L)
-    for i in range(L):
-        fh[i] = mf[i] * h
-        bh[i] = -(mb[i] * h)
-    n_rec = traj.shape[1]
-    rec = 1
-    countdown = record_every
-    e_t = _eps_t(e0, lm, h, 0)
-    for step in range(n_steps):
-        if lm != 0.0:
-            e_t = _eps_t(e0, lm, h, step)
-        es = e_t * sq
-        if noisy and sh:
-            if draw_lanes(z, rr, st, tab):
-                rescue_lanes(z, rr, aux, tab, tk, tf, zr)
-        for i in range(L):
-            if noisy and not sh:
-                if draw_lanes(z, rr, st, tab):
+            fh[i] = mf[i] * h
+            bh[i] = -(mb[i] * h)
+        n_rec = traj.shape[1]
+        rec = 1
+        countdown = record_every
+        e_t = _eps_t(e0, lm, h, 0)
+        for step in range(n_steps):
+            if lm != 0.0:
+                e_t = _eps_t(e0, lm, h, step)
+            es = e_t * sq
+            if noisy and sh:
+                if injected:
+                    _inject(z, xi, c0, n_valid, step)
+                elif draw_lanes(z, rr, st, tab):
                     rescue_lanes(z, rr, aux, tab, tk, tf, zr)
-            k0, k1, fw, bw, ka, a = kp[i], kp[i + 1], fh[i], bh[i], kap[i], pn[i]
-            for g in range(LANES):
-                xo = xa[i + 1, g]
-                vo = vl[i, g]
-                acc = (k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g]) - ka * (xo - a)) * im
-                u = vo + h * (acc - gm * vo)
-                u = u + es * z[g]
-                vn = u - min(max(u, bw), fw)
-                vl[i, g] = vn
-                xb[i + 1, g] = xo + h * vn
-        xa, xb = xb, xa
-        countdown -= 1
-        if countdown == 0:  # record, written out (see the first-order kernel)
-            countdown = record_every
-            if rec < n_rec:
-                for g4 in range(n_valid):
-                    for i4 in range(L):
-                        traj[c0 + g4, rec, i4] = xa[i4 + 1, g4]
-                rec += 1
-    _store_group(x, xa, c0, n_valid)
-    for g in range(n_valid):
-        for i in range(L):
-            v[c0 + g, i] = vl[i, g]
+            for i in range(L):
+                if noisy and not sh:
+                    if injected:
+                        _inject(z, xi, c0, n_valid, step * L + i)
+                    elif draw_lanes(z, rr, st, tab):
+                        rescue_lanes(z, rr, aux, tab, tk, tf, zr)
+                k0, k1, fw, bw, ka, a = kp[i], kp[i + 1], fh[i], bh[i], kap[i], pn[i]
+                for g in range(LANES):
+                    xo = xa[i + 1, g]
+                    vo = vl[i, g]
+                    acc = (k1 * (xa[i + 2, g] - xo) - k0 * (xo - xa[i, g]) - ka * (xo - a)) * im
+                    u = vo + h * (acc - gm * vo)
+                    u = u + es * z[g]
+                    vn = u - min(max(u, bw), fw)
+                    vl[i, g] = vn
+                    xb[i + 1, g] = xo + h * vn
+            xa, xb = xb, xa
+            countdown -= 1
+            if countdown == 0:  # record, written out (see the first-order kernel)
+                countdown = record_every
+                if rec < n_rec:
+                    for g4 in range(n_valid):
+                        for i4 in range(L):
+                            traj[c0 + g4, rec, i4] = xa[i4 + 1, g4]
+                    rec += 1
+        _store_group(x, xa, c0, n_valid)
+        for g in range(n_valid):
+            for i in range(L):
+                v[c0 + g, i] = vl[i, g]
+
+    return _group_second_order
+
+
+_group_second_order = _make_group_second_order(False)
+_group_second_order_injected = _make_group_second_order(True)
 
 
 @njit(inline="always")
@@ -313,27 +354,45 @@ def _n_groups(n, n_chains):
     return per_point, (n // n_chains) * per_point
 
 
-@njit(inline="always")
-def _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
-                       n_steps, record_every, zt, zk, zf, zr):
-    p = j // per_point
-    c = (j % per_point) * LANES
-    args = (x, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p], kappa[p], pin[p],
-            eps[p], lam[p], eta[p], y[p], shared[p], n_steps, record_every, zt, zk, zf, zr)
-    if _any_nonzero(kappa[p]):
-        _group_first_order_pinned(*args)
-    else:
-        _group_first_order_free(*args)
+def _make_first_order_group(free, pinned):
+    """The per-group dispatch of a first-order driver over the group kernels ``free`` and ``pinned``
+    (one factory, so that a driver compiles only the pair it uses)."""
+
+    @njit(inline="always")
+    def _first_order_group(j, per_point, x, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam,
+                           eta, y, shared, n_steps, record_every, zt, zk, zf, zr):
+        p = j // per_point
+        c = (j % per_point) * LANES
+        args = (x, traj, seeds, xi, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p], kappa[p],
+                pin_position[p], eps[p], lam[p], eta[p], y[p], shared[p], n_steps, record_every, zt, zk, zf, zr)
+        if _any_nonzero(kappa[p]):
+            pinned(*args)
+        else:
+            free(*args)
+
+    return _first_order_group
 
 
-@njit(inline="always")
-def _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared,
-                        inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr):
-    p = j // per_point
-    c = (j % per_point) * LANES
-    _group_second_order(x, v, traj, seeds, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p],
-                        kappa[p], pin[p], eps[p], lam[p], dt[p], y[p], shared[p], inv_m[p], gamma_m[p], n_steps,
-                        record_every, zt, zk, zf, zr)
+def _make_second_order_group(group):
+    """The per-group dispatch of a second-order driver over the group kernel ``group``."""
+
+    @njit(inline="always")
+    def _second_order_group(j, per_point, x, v, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam,
+                            dt, y, shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr):
+        p = j // per_point
+        c = (j % per_point) * LANES
+        group(x, v, traj, seeds, xi, p * n_chains + c, min(LANES, n_chains - c), k[p], muf[p], mub[p], kappa[p],
+              pin_position[p], eps[p], lam[p], dt[p], y[p], shared[p], inv_m[p], gamma_m[p], n_steps, record_every,
+              zt, zk, zf, zr)
+
+    return _second_order_group
+
+
+_first_order_group = _make_first_order_group(_group_first_order_free, _group_first_order_pinned)
+_first_order_group_injected = _make_first_order_group(_group_first_order_free_injected,
+                                                      _group_first_order_pinned_injected)
+_second_order_group = _make_second_order_group(_group_second_order)
+_second_order_group_injected = _make_second_order_group(_group_second_order_injected)
 
 
 # Each driver is its own function (not one source compiled twice with and without `parallel`) so
@@ -344,35 +403,49 @@ def _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, 
 
 
 @njit(parallel=True, cache=True)
-def first_order(x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared, n_steps, record_every,
-                zt, zk, zf, zr):
+def first_order(x, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, eta, y, shared, n_steps,
+                record_every, zt, zk, zf, zr):
     """Overdamped chains, groups of LANES chains in parallel.
 
     x : (n, L) float64, initial positions in, final positions out (n = n_points * n_chains)
     traj : (n, R, L) float64, positions at steps 0, r, 2r, ... (R = 0 when not recording)
     seeds : (n,) uint64
-    k : (P, L+1); muf, mub, kappa, pin : (P, L); eps, lam, eta, y : (P,); shared : (P,) bool
+    k : (P, L+1); muf, mub, kappa, pin_position : (P, L); eps, lam, eta, y : (P,); shared : (P,) bool
     zt, zk, zf, zr : :data:`springblock._rng.ZIGGURAT`
     """
+    xi = np.empty((0, 0))
     per_point, n_groups = _n_groups(x.shape[0], n_chains)
     for j in prange(n_groups):
-        _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
-                           n_steps, record_every, zt, zk, zf, zr)
+        _first_order_group(j, per_point, x, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam,
+                           eta, y, shared, n_steps, record_every, zt, zk, zf, zr)
 
 
 @njit(cache=True)
-def first_order_serial(x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared, n_steps,
+def first_order_serial(x, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, eta, y, shared, n_steps,
                        record_every, zt, zk, zf, zr):
     """:func:`first_order` on the calling thread only (results are identical)."""
+    xi = np.empty((0, 0))
     per_point, n_groups = _n_groups(x.shape[0], n_chains)
     for j in range(n_groups):
-        _first_order_group(j, per_point, x, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, eta, y, shared,
-                           n_steps, record_every, zt, zk, zf, zr)
+        _first_order_group(j, per_point, x, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam,
+                           eta, y, shared, n_steps, record_every, zt, zk, zf, zr)
+
+
+@njit(cache=True)
+def first_order_injected(x, traj, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam, eta, y, shared,
+                         n_steps, record_every, zt, zk, zf, zr):
+    """:func:`first_order_serial` with given normals: chain ``j`` consumes ``xi[j]`` (shape ``(n, n_normals)``,
+    in the order of :func:`springblock._reference.n_normals`) instead of its generator's stream."""
+    seeds = np.zeros(x.shape[0], dtype=np.uint64)
+    per_point, n_groups = _n_groups(x.shape[0], n_chains)
+    for j in range(n_groups):
+        _first_order_group_injected(j, per_point, x, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps,
+                                    lam, eta, y, shared, n_steps, record_every, zt, zk, zf, zr)
 
 
 @njit(parallel=True, cache=True)
-def second_order(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared, inv_m, gamma_m,
-                 n_steps, record_every, zt, zk, zf, zr):
+def second_order(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, dt, y, shared, inv_m,
+                 gamma_m, n_steps, record_every, zt, zk, zf, zr):
     """Langevin chains, semi-implicit Euler with implicit (set-valued) Coulomb friction.
 
     Per block and step, with a = spring + pinning force / m evaluated at the old positions:
@@ -388,17 +461,30 @@ def second_order(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam,
     the step stays within the friction band, and a moving block that friction would reverse stops.
     x, v : (n, L) in/out; inv_m = 1/m, gamma_m = gamma/m : (P,); other arrays as first order.
     """
+    xi = np.empty((0, 0))
     per_point, n_groups = _n_groups(x.shape[0], n_chains)
     for j in prange(n_groups):
-        _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y,
-                            shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
+        _second_order_group(j, per_point, x, v, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam,
+                            dt, y, shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
 
 
 @njit(cache=True)
-def second_order_serial(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y, shared, inv_m,
+def second_order_serial(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, dt, y, shared, inv_m,
                         gamma_m, n_steps, record_every, zt, zk, zf, zr):
     """:func:`second_order` on the calling thread only (results are identical)."""
+    xi = np.empty((0, 0))
     per_point, n_groups = _n_groups(x.shape[0], n_chains)
     for j in range(n_groups):
-        _second_order_group(j, per_point, x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin, eps, lam, dt, y,
-                            shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
+        _second_order_group(j, per_point, x, v, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam,
+                            dt, y, shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
+
+
+@njit(cache=True)
+def second_order_injected(x, v, traj, xi, n_chains, k, muf, mub, kappa, pin_position, eps, lam, dt, y, shared, inv_m,
+                          gamma_m, n_steps, record_every, zt, zk, zf, zr):
+    """:func:`second_order_serial` with given normals ``xi`` (as :func:`first_order_injected`)."""
+    seeds = np.zeros(x.shape[0], dtype=np.uint64)
+    per_point, n_groups = _n_groups(x.shape[0], n_chains)
+    for j in range(n_groups):
+        _second_order_group_injected(j, per_point, x, v, traj, seeds, xi, n_chains, k, muf, mub, kappa, pin_position,
+                                     eps, lam, dt, y, shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)

@@ -234,8 +234,6 @@ def candidate(r, zt):
 
     Branch-free, so that it vectorises across lanes (see the module docstring for the layout).
     """
-    layer = np.intp(r & uint64(LAYERS - 1))
-    sr = np.int64(r) >> np.int64(_LAYER_BITS)
     layer, sr, p, ok = _candidate_product(r, zt)
     return layer, sr, p * _X_SCALE, ok
 
@@ -346,7 +344,7 @@ def draw_lane(st, g, tab):
 def draw_lane_scaled(st, g, tab, scale):
     """:func:`draw_lane` returning ``scale * x`` for the candidate ``x``, with one multiplication
     fewer: ``(sr M) (scale 2^-102)``, which is bit for bit ``scale * x`` when ``scale`` is 0 or in
-    ``[springblock.params.NOISE_FLOOR, NOISE_CEIL]`` (both products are then normal numbers scaled by a
+    ``[springblock.params.EPS_FLOOR, EPS_CEIL]`` (both products are then normal numbers scaled by a
     power of two).
     Pass ``scale * ZIGGURAT_SCALE`` as ``scale``; returns ``(r, scale * x, accepted)``."""
     s0, s1, s2, s3 = st[g], st[LANES + g], st[2 * LANES + g], st[3 * LANES + g]

@@ -12,10 +12,9 @@ import dataclasses
 import json
 import sys
 
-import numpy as np
-
 from springblock.dynamics import simulate
-from springblock.params import ChainParams
+from springblock.observables import elongations
+from springblock.params import NOISE_MODES, ChainParams
 
 
 def _floats(text):
@@ -34,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "order":
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "noise":
-            s.add_argument(flag, choices=("independent", "shared"), default=None)
+        if f.name == "noise_mode":
+            s.add_argument(flag, choices=NOISE_MODES, default=None)
         elif f.name in ("n_blocks", "n_steps"):
             s.add_argument(flag, type=int, default=None)
         else:
@@ -55,12 +54,13 @@ def params_from_args(args) -> ChainParams:
                if f.name != "order" and getattr(args, f.name, None) is not None}
     if args.steps is not None:
         changes["n_steps"] = args.steps
-    base = ChainParams.first_order_original if args.order == 1 else ChainParams.second_order_original
+    base = ChainParams if args.order == 1 else ChainParams.second_order_original
     return base(**changes)
 
 
 def simulate_summary(params: ChainParams, n_chains: int = 1000, seed: int = 0) -> dict:
-    """Ensemble-mean load curve, elongations and shape numbers of one point, JSON-able."""
+    """Ensemble-mean load curve, loads (``L``), elongations (``L + 1`` springs) and shape numbers of
+    one point, JSON-able."""
     res = simulate(params, n_chains=n_chains, seed=seed)
     s = res.summary()
     return {
@@ -68,7 +68,8 @@ def simulate_summary(params: ChainParams, n_chains: int = 1000, seed: int = 0) -
         "n_chains": n_chains,
         "seed": seed,
         "load_curve": res.load_curve().tolist(),
-        "elongations": np.diff(np.concatenate([[0.0], res.x.mean(0), [params.y]])).tolist(),
+        "loads": res.loads().tolist(),
+        "elongations": elongations(res.x.mean(0), params.y).tolist(),
         "linearity": float(s["linearity"]),
         "curvature": float(s["curvature"]),
         "normalized_curvature": float(s["normalized_curvature"]),
@@ -89,11 +90,11 @@ def main(argv=None) -> int:
         return 0
     p = out["params"]
     print(f"order {p['order']}  L={p['n_blocks']}  k={p['k']}  mu->={p['mu_forward']}  mu<-={p['mu_backward']}  "
-          f"eps={p['eps']}  lam={p['lam']}  noise={p['noise']}  eta={p['eta']}  steps={p['n_steps']}  "
+          f"eps={p['eps']}  lam={p['lam']}  noise_mode={p['noise_mode']}  eta={p['eta']}  steps={p['n_steps']}  "
           f"chains={args.chains}  seed={args.seed}")
-    print(f"{'layer':>5} {'y - x':>10} {'load e':>10}")
+    print(f"{'layer':>5} {'y - x':>10} {'load d':>10}")
     for i, c in enumerate(out["load_curve"]):
-        e = "" if i == 0 else f"{out['elongations'][i - 1]:10.5f}"
+        e = "" if i == 0 else f"{out['loads'][i - 1]:10.5f}"
         print(f"{i:>5} {c:10.5f} {e:>10}")
     print(f"linearity v = {out['linearity']:.5f}   curvature c = {out['curvature']:+.5f}   "
           f"c/sum(d) = {out['normalized_curvature']:+.4f}   regime: {out['regime']}")

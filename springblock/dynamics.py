@@ -37,7 +37,7 @@ from springblock.observables import (
 )
 from springblock.params import ChainParams
 
-__all__ = ["simulate", "SimulationResult", "chain_seeds", "standard_normals", "stack_params"]
+__all__ = ["simulate", "SimulationResult", "chain_seeds", "standard_normals"]
 
 
 def chain_seeds(seed: int, n_chains: int, n_points: int = 1, common: bool = True) -> np.ndarray:
@@ -73,7 +73,7 @@ def standard_normals(seed_word, n: int) -> np.ndarray:
     return out
 
 
-def stack_params(points) -> dict:
+def _stack_params(points) -> dict:
     """Per-point parameter arrays for the kernels from a flat sequence of :class:`ChainParams`."""
     points = list(points)
     if not points:
@@ -91,12 +91,12 @@ def stack_params(points) -> dict:
         muf=np.stack([p.mu_forward_array for p in points]),
         mub=np.stack([p.mu_backward_array for p in points]),
         kappa=np.stack([p.kappa_array for p in points]),
-        pin=np.stack([p.pin_array for p in points]),
+        pin_position=np.stack([p.pin_position_array for p in points]),
         eps=np.array([p.eps for p in points]),
         lam=np.array([p.lam for p in points]),
         eta=np.array([p.eta for p in points]),
         y=np.array([p.y for p in points]),
-        shared=np.array([p.noise == "shared" for p in points]),
+        shared=np.array([p.noise_mode == "shared" for p in points]),
         inv_m=np.array([1.0 / p.m for p in points]),
         gamma_m=np.array([p.gamma / p.m for p in points]),
         n_blocks=first.n_blocks,
@@ -144,8 +144,12 @@ class SimulationResult:
             return load_curve(self.x.mean(axis=-2), y)
         return load_curve(self.x, y[..., None])
 
-    def elongations(self, mean: bool = True) -> np.ndarray:
-        """Loads ``e_1..e_L`` (the last, anchor spring is the curve's end value, not a load)."""
+    def loads(self, mean: bool = True) -> np.ndarray:
+        """Loads ``d_l = e_l``, ``l = 1..L``: ``grid_shape + (L,)`` (ensemble mean) or per chain.
+
+        The elongations of the first ``L`` springs; the anchor spring's ``e_{L+1}`` is the curve's
+        end value, not a load (all ``L + 1``: :func:`springblock.observables.elongations`).
+        """
         return loads(self.load_curve(mean))
 
     def trajectory_curve(self) -> np.ndarray:
@@ -159,7 +163,7 @@ class SimulationResult:
         out = np.empty(self.x.shape[:-1])
         for idx in np.ndindex(*self.grid_shape):
             p = self.params[idx]
-            out[idx] = chain_energy(self.x[idx], p.y, p.k_array, p.kappa_array, p.pin_array)
+            out[idx] = chain_energy(self.x[idx], p.y, p.k_array, p.kappa_array, p.pin_position_array)
         return out
 
     def summary(self, tol: float = REGIME_TOL) -> dict:
@@ -185,7 +189,8 @@ def simulate(params, n_chains: int = 1000, seed: int = 0, *, record_every: int |
     seed : non-negative integer; see the module docstring for the seeding scheme.
     record_every : record positions every this many steps (step 0 included), or None.
     x0, v0 : initial positions / velocities broadcasting to ``grid_shape + (n_chains, L)``;
-        default 0 (blocks at rest at the wall).
+        default 0 (blocks at rest at the wall). ``v0`` only for second-order chains (a
+        first-order chain has no velocity; passing one raises).
     common_random_numbers : same noise stream for chain c at every point (default True).
     parallel : run over cores (results are identical to ``parallel=False``).
 
@@ -195,24 +200,59 @@ def simulate(params, n_chains: int = 1000, seed: int = 0, *, record_every: int |
     """
     if isinstance(n_chains, bool) or not isinstance(n_chains, (int, np.integer)) or n_chains < 1:
         raise ValueError(f"n_chains must be an integer >= 1, got {n_chains!r}")
+    grid = _as_grid(params)
+    seeds = chain_seeds(seed, int(n_chains), grid.size, common_random_numbers).reshape(-1)
+    return _run(grid, int(n_chains), seeds, None, record_every, x0, v0, parallel)
+
+
+def _simulate_normals(params: ChainParams, normals, *, record_every: int | None = None, x0=None,
+                      v0=None) -> SimulationResult:
+    """The production kernels on given normals (serial; for tests of the kernels' numerics).
+
+    ``normals`` : ``(n_chains, n)`` with ``n >= springblock._reference.n_normals(params)``; chain ``c``
+    consumes row ``c`` in the kernels' order (per step one normal per block, or one per step for
+    shared noise). With ``standard_normals(seed_word, n)`` as a row the chain equals the chain of
+    :func:`simulate` with that seed word, bit for bit. ``seeds`` of the result are 0.
+    """
+    if not isinstance(params, ChainParams):
+        raise TypeError(f"expected one ChainParams, got {type(params).__name__}")
+    xi = np.asarray(normals, dtype=np.float64)
+    per_step = 0 if params.eps == 0.0 else (1 if params.noise_mode == "shared" else params.n_blocks)
+    need = params.n_steps * per_step
+    if xi.ndim != 2 or xi.shape[1] < need or not np.all(np.isfinite(xi[:, :need])):
+        raise ValueError(f"normals must be finite, of shape (n_chains, >= {need}), got {xi.shape}")
+    xi = np.ascontiguousarray(xi)
+    grid = _as_grid(params)
+    return _run(grid, xi.shape[0], np.zeros(xi.shape[0], dtype=np.uint64), xi, record_every, x0, v0, False)
+
+
+def _as_grid(params) -> np.ndarray:
     grid = np.empty((), dtype=object)
     if isinstance(params, ChainParams):
         grid[()] = params
-    else:
-        grid = np.asarray(params, dtype=object)
-        if grid.size == 0:
-            raise ValueError("params is empty")
+        return grid
+    grid = np.asarray(params, dtype=object)
+    if grid.size == 0:
+        raise ValueError("params is empty")
+    return grid
+
+
+def _run(grid, C, seeds, normals, record_every, x0, v0, parallel) -> SimulationResult:
+    """Validate, allocate and call the kernel for every point of ``grid`` (``C`` chains each);
+    ``normals`` None: the chains draw their own, seeded by ``seeds``; else the injected drivers."""
     shape = grid.shape
     flat = list(grid.reshape(-1))
-    a = stack_params(flat)
-    P, C, L, n_steps = len(flat), int(n_chains), a["n_blocks"], a["n_steps"]
+    a = _stack_params(flat)
+    P, L, n_steps = len(flat), a["n_blocks"], a["n_steps"]
     if record_every is not None:
         if isinstance(record_every, bool) or not isinstance(record_every, (int, np.integer)) or record_every < 1:
             raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
         steps = np.arange(0, n_steps + 1, int(record_every))
     else:
         steps = np.zeros(0, dtype=np.int64)
-    seeds = chain_seeds(seed, C, P, common_random_numbers).reshape(-1)
+    if v0 is not None and a["order"] == 1:
+        raise ValueError("v0 was given, but first-order (order=1, overdamped) chains have no velocity; "
+                         "pass v0 only with order=2")
 
     def initial(val, name):
         if val is None:
@@ -228,15 +268,23 @@ def simulate(params, n_chains: int = 1000, seed: int = 0, *, record_every: int |
 
     x = initial(x0, "x0")
     traj = np.empty((P * C, len(steps), L)) if len(steps) else np.empty((P * C, 0, L))
-    common = (a["k"], a["muf"], a["mub"], a["kappa"], a["pin"], a["eps"], a["lam"], a["eta"], a["y"], a["shared"])
+    common = (a["k"], a["muf"], a["mub"], a["kappa"], a["pin_position"], a["eps"], a["lam"], a["eta"], a["y"],
+              a["shared"])
+    noise = seeds if normals is None else normals  # the drivers' third argument
     v = None
     if a["order"] == 1:
-        kern = _kernels.first_order if parallel else _kernels.first_order_serial
-        kern(x, traj, seeds, C, *common, n_steps, int(record_every or 1), *ZIGGURAT)
+        if normals is not None:
+            kern = _kernels.first_order_injected
+        else:
+            kern = _kernels.first_order if parallel else _kernels.first_order_serial
+        kern(x, traj, noise, C, *common, n_steps, int(record_every or 1), *ZIGGURAT)
     else:
         v = initial(v0, "v0")
-        kern = _kernels.second_order if parallel else _kernels.second_order_serial
-        kern(x, v, traj, seeds, C, *common, a["inv_m"], a["gamma_m"], n_steps, int(record_every or 1), *ZIGGURAT)
+        if normals is not None:
+            kern = _kernels.second_order_injected
+        else:
+            kern = _kernels.second_order if parallel else _kernels.second_order_serial
+        kern(x, v, traj, noise, C, *common, a["inv_m"], a["gamma_m"], n_steps, int(record_every or 1), *ZIGGURAT)
         v = v.reshape(shape + (C, L))
     return SimulationResult(
         params=grid,

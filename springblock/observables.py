@@ -11,11 +11,17 @@ Loads
     ``d_l = curve[l-1] - curve[l]``, ``l = 1..L`` (positive when layer ``l`` improves separation;
     for a chain, the elongation ``e_l`` of spring ``l``). They telescope:
     ``sum(d) = curve[0] - curve[L]``.
+Elongations (chains only)
+    ``e_i = x_i - x_{i-1}`` of all ``L + 1`` springs, ``i = 1..L+1`` (wall ``x_0 = 0``, anchor
+    ``x_{L+1} = y``), ``sum(e) = y``. The loads are the first ``L`` of them; the anchor spring's
+    ``e_{L+1} = y - x_L`` is the curve's end value, not a load. Throughout the package
+    "elongations" means these ``L + 1`` numbers and "loads" the ``L`` per-layer ``d_l``.
 Linearity
     ``v = std(d_1..d_L)`` (population std; 0 for a perfectly linear curve).
 Curvature
-    ``c = d_1 - d_L`` (= minus the sum of the second differences of the curve).
-    ``c > 0``: convex, shallow layers learn more; ``c < 0``: concave, deep layers learn more.
+    ``c = d_1 - d_L`` (= the sum of the second differences ``curve[l+1] - 2 curve[l] + curve[l-1]``,
+    ``l = 1..L-1``, of the curve). ``c > 0``: convex, shallow layers learn more; ``c < 0``:
+    concave, deep layers learn more.
 Normalised curvature
     ``c / sum(d)``: the difference between the first and last load as a fraction of the total
     separation gained; NaN where ``sum(d) <= 0`` (the curve does not descend).
@@ -153,15 +159,15 @@ def curve_summary(curve, tol: float = REGIME_TOL) -> dict:
     }
 
 
-def chain_energy(x, y, k, kappa=0.0, anchor=0.0) -> np.ndarray:
+def chain_energy(x, y, k, kappa=0.0, pin_position=0.0) -> np.ndarray:
     """Elastic energy ``sum_i k_i e_i^2 / 2 + sum_i kappa_i (x_i - a_i)^2 / 2``.
 
     Parameters
     ----------
-    x : array ``(..., L)``; y : anchor; k : scalar or ``(L+1,)`` spring stiffnesses;
-    kappa, anchor : scalar or ``(L,)`` on-site pinning stiffness and rest positions.
+    x : array ``(..., L)``; y : anchor position; k : scalar or ``(L+1,)`` spring stiffnesses;
+    kappa, pin_position : scalar or ``(L,)`` on-site pinning stiffness and rest positions ``a_i``.
     """
     x = np.asarray(x, dtype=np.float64)
     e = elongations(x, y)
-    pin = np.asarray(kappa, dtype=np.float64) * (x - np.asarray(anchor, dtype=np.float64)) ** 2
+    pin = np.asarray(kappa, dtype=np.float64) * (x - np.asarray(pin_position, dtype=np.float64)) ** 2
     return 0.5 * (np.asarray(k, dtype=np.float64) * e**2).sum(-1) + 0.5 * pin.sum(-1)

@@ -13,21 +13,23 @@ field              meaning
 ``eps``            noise amplitude epsilon (force units in the first-order model; the
                    coefficient of dW in the second-order model)
 ``lam``            noise decay rate lambda: eps(t) = eps * exp(-lam * t)
-``noise``          ``"independent"`` (one N(0,1) per block and step) or ``"shared"`` (one
-                   draw per step for all blocks, as in one of the original notebooks)
+``noise_mode``     how the normals xi enter: ``"independent"`` (one N(0,1) per block and step)
+                   or ``"shared"`` (one draw per step for all blocks, as in one of the original
+                   notebooks)
 ``eta``            time step: eta of the overdamped update, dt of the Langevin integrator
-``y``              anchor position (the target pulling the last spring)
+``y``              anchor position x_{L+1} (the target pulling the last spring; "anchor"
+                   always means y, never the pinning rest positions)
 ``order``          1 = overdamped (SPEC §2.2), 2 = Langevin (SPEC §2.3)
 ``n_steps``        number of time steps; simulation time t = step * eta
 ``m``, ``gamma``   mass and viscous damping (second order only)
 ``kappa``          on-site pinning stiffness kappa_i >= 0 (scalar or (L,)); force
-                   -kappa_i (x_i - pin_position_i)
+                   -kappa_i (x_i - a_i)
 ``pin_position``   rest positions a_i of the pinning springs (scalar or (L,))
 =================  =========================================================================
 
 Defaults are those of the original first-order experiment (L = 7, y = 1, k = 1, eta = 0.01,
-eps = 0.1, mu-> = mu<- = 0.1, 10 000 steps); :meth:`ChainParams.second_order_original` gives the
-original Langevin notebook's values.
+eps = 0.1, mu-> = mu<- = 0.1, 10 000 steps): ``ChainParams()`` is that run;
+:meth:`ChainParams.second_order_original` gives the original Langevin notebook's values.
 
 Stability (checked on construction). Let ``lambda_G = max_i (2 (k_i + k_{i+1}) + kappa_i)``, a
 Gershgorin bound on the largest eigenvalue of the stiffness matrix (= 4 k for uniform k, no
@@ -48,15 +50,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChainParams", "NOISE_MODES", "NOISE_FLOOR", "NOISE_CEIL", "mesh_chain"]
+__all__ = ["ChainParams", "NOISE_MODES", "EPS_FLOOR", "EPS_CEIL", "mesh_chain"]
 
 NOISE_MODES = ("independent", "shared")
-#: eps(t) below NOISE_FLOOR (2^-920, about 1.4e-277) counts as 0 in the kernels and the reference,
-#: and eps must be <= NOISE_CEIL: in between, the kernels fold eps(t) into the ziggurat's own
+#: eps(t) below EPS_FLOOR (2^-920, about 1.4e-277) counts as 0 in the kernels and the reference,
+#: and eps must be <= EPS_CEIL: in between, the kernels fold eps(t) into the ziggurat's own
 #: power-of-two scaling of its candidates without changing a bit of the result
 #: (:func:`springblock._rng.draw_lane_scaled`).
-NOISE_FLOOR = 2.0 ** -920
-NOISE_CEIL = 1e250
+EPS_FLOOR = 2.0 ** -920
+EPS_CEIL = 1e250
 
 ArrayLike = float | tuple
 
@@ -106,7 +108,7 @@ class ChainParams:
     mu_backward: ArrayLike = 0.1  # mu<-: threshold against moving toward the wall
     eps: float = 0.1  # noise amplitude
     lam: float = 0.0  # noise decay rate: eps(t) = eps exp(-lam t)
-    noise: str = "independent"  # "independent" per block, or "shared" by all blocks
+    noise_mode: str = "independent"  # "independent" per block, or "shared" by all blocks
     eta: float = 0.01  # time step (eta first order, dt second order)
     y: float = 1.0  # anchor position
     order: int = 1  # 1 overdamped, 2 Langevin
@@ -127,8 +129,8 @@ class ChainParams:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"ChainParams.n_steps must be an integer >= 1, got {n!r}")
         object.__setattr__(self, "n_steps", int(n))
-        if self.noise not in NOISE_MODES:
-            raise ValueError(f"ChainParams.noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        if self.noise_mode not in NOISE_MODES:
+            raise ValueError(f"ChainParams.noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
         set_ = lambda f, v: object.__setattr__(self, f, v)  # noqa: E731
         set_("k", _per("k", self.k, L + 1, positive=True))
         set_("mu_forward", _per("mu_forward", self.mu_forward, L, nonneg=True))
@@ -141,8 +143,8 @@ class ChainParams:
             if np.ndim(v) != 0:
                 raise ValueError(f"ChainParams.{name} must be a scalar, got {v!r}")
             set_(name, _per(name, v, 1, **kw))
-        if self.eps > NOISE_CEIL:
-            raise ValueError(f"ChainParams.eps must be <= {NOISE_CEIL:g}, got {self.eps!r}")
+        if self.eps > EPS_CEIL:
+            raise ValueError(f"ChainParams.eps must be <= {EPS_CEIL:g}, got {self.eps!r}")
         self._check_stability()
 
     # ------------------------------------------------------------------ arrays
@@ -170,7 +172,7 @@ class ChainParams:
         return self._block_array("kappa")
 
     @property
-    def pin_array(self) -> np.ndarray:
+    def pin_position_array(self) -> np.ndarray:
         """Pinning rest positions per block, shape ``(L,)``."""
         return self._block_array("pin_position")
 
@@ -192,7 +194,7 @@ class ChainParams:
 
     def load_vector(self) -> np.ndarray:
         """``b`` with ``F = -K x + b``: the anchor pull ``k_{L+1} y`` on the last block and ``kappa_i a_i``."""
-        b = self.kappa_array * self.pin_array
+        b = self.kappa_array * self.pin_position_array
         b[-1] += self.k_array[-1] * self.y
         return b
 
@@ -252,16 +254,11 @@ class ChainParams:
         return self.n_steps * self.eta
 
     @classmethod
-    def first_order_original(cls, **changes) -> ChainParams:
-        """The original first-order experiment (L=7, y=1, k=1, eta=0.01, eps=0.1, mu=0.1, 10 000 steps)."""
-        return cls(**changes)
-
-    @classmethod
     def second_order_original(cls, **changes) -> ChainParams:
         """The original Langevin notebook: L=7, m=1, gamma=1, k=0.1, eps=0.003, lam=0.001,
         dt=0.05, T=700 (14 000 steps), mu->=0.003, mu<-=0.004, shared noise, from rest."""
         base = dict(order=2, n_blocks=7, m=1.0, gamma=1.0, k=0.1, eps=0.003, lam=0.001, eta=0.05,
-                    n_steps=14_000, mu_forward=0.003, mu_backward=0.004, noise="shared", y=1.0)
+                    n_steps=14_000, mu_forward=0.003, mu_backward=0.004, noise_mode="shared", y=1.0)
         base.update(changes)
         return cls(**base)
 
@@ -287,8 +284,8 @@ class ChainParams:
         return out
 
 
-def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0, pin: float = 0.5,
-               **fields) -> ChainParams:
+def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0,
+               pin_fraction: float = 0.5, **fields) -> ChainParams:
     """The spring-block counterpart of a leaky ResNet on the mesh ``rho`` (SPEC §5.2).
 
     One block per residual step (``n_blocks = L = len(rho)``; block ``ℓ`` is the representation
@@ -299,11 +296,12 @@ def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0, pi
 
     discretises ``(k_ref/L) ∫ [ (∂_p x)²/(2L̃) + (κ̄ L̃/2)(x − a)² ] dp`` — the leaky ResNet's
     Lagrangian (kinetic energy ``(1/(2L̃))‖∂_p A‖²`` plus potential ``(L̃/2) COI``) with the Cost of
-    Identity replaced by a quadratic well around the bottleneck position ``a = pin · y``. So
+    Identity replaced by a quadratic well around the bottleneck position ``a = pin_fraction · y``. So
 
     - spring ``ℓ = 1..L`` (step ``ℓ``): ``k_ℓ = k_ref / (L L̃ ρ_ℓ)`` (``∝ 1/(L̃ ρ_ℓ)``); the readout
       spring ``L + 1`` to the anchor has the stiffness of the last step, ``k_{L+1} = k_L``;
-    - on-site pinning of block ``ℓ``: ``κ_ℓ = k_ref κ̄ L̃ ρ_ℓ / L`` toward ``a = pin · y``.
+    - on-site pinning of block ``ℓ``: ``κ_ℓ = k_ref κ̄ L̃ ρ_ℓ / L`` toward
+      ``a = pin_fraction · y`` (``ChainParams.pin_position``).
 
     The equidistant mesh with ``L̃ = 1`` has ``k_ℓ = k_ref`` (the original chain). Without friction
     and noise the equilibrium deviates from ``a`` in two boundary layers of width
@@ -317,8 +315,9 @@ def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0, pi
         Layer step sizes, positive, summing to 1.
     ltilde : float > 0
         Effective depth ``L̃``.
-    k_ref, kappa, pin : float
-        Stiffness scale, pinning strength ``κ̄ ≥ 0`` and bottleneck position as a fraction of ``y``.
+    k_ref, kappa, pin_fraction : float
+        Stiffness scale, pinning strength ``κ̄ ≥ 0`` and the pinning rest position (the bottleneck)
+        as a fraction of ``y``.
     **fields
         Any other :class:`ChainParams` field (friction, ``eps``, ``eta``, ``y``, ``n_steps`` ...).
     """
@@ -330,8 +329,8 @@ def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0, pi
     for name, v, positive in (("ltilde", ltilde, True), ("k_ref", k_ref, True), ("kappa", kappa, False)):
         if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
             raise ValueError(f"mesh_chain: {name} must be finite and {'> 0' if positive else '>= 0'}, got {v!r}")
-    if not math.isfinite(pin):
-        raise ValueError(f"mesh_chain: pin must be finite, got {pin!r}")
+    if not math.isfinite(pin_fraction):
+        raise ValueError(f"mesh_chain: pin_fraction must be finite, got {pin_fraction!r}")
     for name in ("n_blocks", "k", "kappa", "pin_position"):
         if name in fields:
             raise ValueError(f"mesh_chain sets ChainParams.{name} itself; do not pass it")
@@ -339,4 +338,4 @@ def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0, pi
     k = k_ref / (L * ltilde * rho)
     y = float(fields.get("y", 1.0))
     return ChainParams(n_blocks=L, k=tuple(np.append(k, k[-1])), kappa=tuple(k_ref * kappa * ltilde * rho / L),
-                       pin_position=pin * y, **fields)
+                       pin_position=pin_fraction * y, **fields)

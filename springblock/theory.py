@@ -87,8 +87,8 @@ def stationary_covariance(params: ChainParams) -> np.ndarray:
     L = params.n_blocks
     w, Qv = np.linalg.eigh(params.stiffness_matrix())
     g = 1.0 - params.eta * w
-    noise = np.eye(L) if params.noise == "independent" else np.ones((L, L))
-    Cp = Qv.T @ noise @ Qv * (params.eta * params.eps) ** 2
+    q = np.eye(L) if params.noise_mode == "independent" else np.ones((L, L))
+    Cp = Qv.T @ q @ Qv * (params.eta * params.eps) ** 2
     return Qv @ (Cp / (1.0 - np.outer(g, g))) @ Qv.T
 
 
@@ -131,67 +131,66 @@ def _Phi(z):
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
-def mean_drift(F, mu_forward, mu_backward, sigma) -> float:
-    """Mean of the soft-threshold update ``E[S(F + sigma xi)]``, ``xi ~ N(0, 1)``.
+def mean_drift(F, mu_forward, mu_backward, eps) -> float:
+    """Mean of the soft-threshold update ``E[S(F + eps xi)]``, ``xi ~ N(0, 1)``.
 
-    With ``z = F + sigma xi``, ``S(z) = (z - mu->)_+ - (-z - mu<-)_+`` and the Gaussian identity
-    ``E[(z - a)_+] = (F - a) Phi((F - a)/sigma) + sigma phi((F - a)/sigma)``:
+    ``eps`` is the noise amplitude of the first-order model (``ChainParams.eps``, or eps(t)).
+    With ``z = F + eps xi``, ``S(z) = (z - mu->)_+ - (-z - mu<-)_+`` and the Gaussian identity
+    ``E[(z - a)_+] = (F - a) Phi((F - a)/eps) + eps phi((F - a)/eps)``:
 
-        E[S] = (F - mu->) Phi((F - mu->)/sigma) + sigma phi((F - mu->)/sigma)
-             + (F + mu<-) Phi(-(F + mu<-)/sigma) - sigma phi((F + mu<-)/sigma).
+        E[S] = (F - mu->) Phi((F - mu->)/eps) + eps phi((F - mu->)/eps)
+             + (F + mu<-) Phi(-(F + mu<-)/eps) - eps phi((F + mu<-)/eps).
 
     At ``F = 0`` this is > 0 when ``mu<- > mu->``: noise ratchets blocks toward the anchor.
     """
-    if sigma <= 0:
-        raise ValueError(f"mean_drift needs sigma > 0, got {sigma!r}")
-    a = (F - mu_forward) / sigma
-    b = (F + mu_backward) / sigma
-    return (F - mu_forward) * _Phi(a) + sigma * _phi(a) + (F + mu_backward) * _Phi(-b) - sigma * _phi(b)
+    if eps <= 0:
+        raise ValueError(f"mean_drift needs eps > 0, got {eps!r}")
+    a = (F - mu_forward) / eps
+    b = (F + mu_backward) / eps
+    return (F - mu_forward) * _Phi(a) + eps * _phi(a) + (F + mu_backward) * _Phi(-b) - eps * _phi(b)
 
 
-def ratchet_force(mu_forward: float, mu_backward: float, sigma: float | None = None) -> float:
-    """Net spring force ``F*`` at which the mean drift vanishes: ``E[S(F* + sigma xi)] = 0``.
+def ratchet_force(mu_forward: float, mu_backward: float) -> float:
+    """Net spring force ``F*`` at which the mean drift vanishes: ``E[S(F* + eps xi)] = 0``.
 
     ``E[S]`` increases strictly with ``F`` (its derivative is ``P(z > mu->) + P(z < -mu<-) > 0``),
-    so the root is unique, and it is ``F* = (mu-> - mu<-) / 2`` for every ``sigma``: with
+    so the root is unique, and it is ``F* = (mu-> - mu<-) / 2`` for every ``eps``: with
     ``c = (mu-> + mu<-)/2`` and ``z = F* + w``, ``S(z) = (w - c)_+ - (-w - c)_+`` is odd in ``w``, so
     its mean vanishes for any symmetric fluctuation ``w`` — Gaussian or not, which is why the
-    mean field is exact for the stationary mean elongations. ``sigma`` is accepted for symmetry
-    with :func:`mean_drift` and does not enter. ``F* < 0`` (a forward ratchet balanced by a
-    backward spring force) when ``mu<- > mu->``, ``0`` for symmetric friction.
+    mean field is exact for the stationary mean elongations; the noise amplitude does not enter.
+    ``F* < 0`` (a forward ratchet balanced by a backward spring force) when ``mu<- > mu->``, ``0``
+    for symmetric friction.
     """
-    if sigma is not None and sigma <= 0:
-        raise ValueError(f"ratchet_force needs sigma > 0, got {sigma!r}")
     return 0.5 * (mu_forward - mu_backward)
 
 
-def ratchet_mobility(mu_forward: float, mu_backward: float, sigma: float) -> float:
-    """Slope of the mean drift at ``F*``: ``dE[S]/dF = 2 Phi(-(mu-> + mu<-) / (2 sigma))``.
+def ratchet_mobility(mu_forward: float, mu_backward: float, eps: float) -> float:
+    """Slope of the mean drift at ``F*``: ``dE[S]/dF = 2 Phi(-(mu-> + mu<-) / (2 eps))``.
 
     The linearised mean dynamics is ``x <- x - eta m K (x - x_inf)``: noise turns static friction
-    into an effective mobility ``m`` in (0, 1], exponentially small when ``sigma << mu``.
+    into an effective mobility ``m`` in (0, 1], exponentially small when ``eps << mu``.
     """
-    if sigma <= 0:
-        raise ValueError(f"ratchet_mobility needs sigma > 0, got {sigma!r}")
-    return 2.0 * _Phi(-0.5 * (mu_forward + mu_backward) / sigma)
+    if eps <= 0:
+        raise ValueError(f"ratchet_mobility needs eps > 0, got {eps!r}")
+    return 2.0 * _Phi(-0.5 * (mu_forward + mu_backward) / eps)
 
 
-def relaxation_steps(params: ChainParams, sigma: float | None = None) -> float:
+def relaxation_steps(params: ChainParams, eps: float | None = None) -> float:
     """Steps for the slowest mode of the mean to relax by 1/e: ``1 / (eta m lambda_min(K))``.
 
     Where ``params.n_steps`` is much smaller, the chain has not left its pulled-from-rest
     :func:`friction_profile` (concave); much larger, it has reached the ratchet profile of
     :func:`ratchet_elongations` (linear or convex). Infinite without noise.
     """
-    sigma = params.eps if sigma is None else sigma
-    if sigma == 0:
+    eps = params.eps if eps is None else eps
+    if eps == 0:
         return math.inf
     mu_f, mu_b = float(np.mean(params.mu_forward_array)), float(np.mean(params.mu_backward_array))
     lam_min = float(np.linalg.eigvalsh(params.stiffness_matrix())[0])
-    return 1.0 / (params.eta * ratchet_mobility(mu_f, mu_b, sigma) * lam_min)
+    return 1.0 / (params.eta * ratchet_mobility(mu_f, mu_b, eps) * lam_min)
 
 
-def ratchet_elongations(params: ChainParams, sigma: float | None = None) -> np.ndarray:
+def ratchet_elongations(params: ChainParams) -> np.ndarray:
     """Mean-field elongations ``e_1..e_{L+1}`` of a noisy chain with (asymmetric) friction.
 
     Mean field: every block's mean drift vanishes in the stationary state, so the mean net spring
@@ -204,7 +203,7 @@ def ratchet_elongations(params: ChainParams, sigma: float | None = None) -> np.n
         raise ValueError("ratchet_elongations assumes no on-site pinning (kappa = 0)")
     if isinstance(params.mu_forward, tuple) or isinstance(params.mu_backward, tuple):
         raise ValueError("ratchet_elongations needs scalar mu_forward and mu_backward")
-    Fs = ratchet_force(params.mu_forward, params.mu_backward, sigma)
+    Fs = ratchet_force(params.mu_forward, params.mu_backward)
     k = params.k_array
     offs = Fs * np.arange(params.n_blocks + 1)
     T1 = (params.y - np.sum(offs / k)) / np.sum(1.0 / k)

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from phase_diagrams import calibration as C
-from phase_diagrams.compare import seed_ceiling
-from phase_diagrams.simulated import PRESETS, friction_for
+from phase_diagrams.comparison import seed_ceiling
+from phase_diagrams.friction import FRICTION_PRESETS as PRESETS
+from phase_diagrams.friction import friction_for
 from springblock import ChainParams, simulate
 from springblock.observables import regime
 

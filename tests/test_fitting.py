@@ -129,13 +129,20 @@ def test_fit_store_writes_fits_and_figures(tmp_path):
             "columns": {"field": "label_noise", "values": [0.0, 0.5]},
             "simulator": {"presets": []}}
     store = Store(tmp_path / "f.sqlite")
-    run_sweep(spec, store, backend="serial", progress=False)
+    run_sweep(store, spec, backend="serial", progress=False)
     fits = jobs.fit_job(store, "fitme", tmp_path / "fig", cells=[(0, 0), (1, 1)], progress=False,
                         n_chains=64, search_chains=32, grid=3, maxfev=40, uncertainty="bootstrap", n_bootstrap=3)
     assert sorted(zip(fits["row"], fits["col"], strict=True)) == [(0, 0), (1, 1)]
-    assert (fits["mu_forward_lo"] <= fits["mu_forward_hi"]).all()
-    back = store.fits("fitme", "final")
-    assert len(back) == 2 and np.allclose(back["eps"], fits["eps"])
+    # the reported R² is that of the fitted chain curve against the cell's measured mean curve
+    for _, f in fits.iterrows():
+        m, y = np.asarray(f["measured"]), np.asarray(f["fitted"])
+        assert f["r2"] == pytest.approx(1 - np.sum((m - y) ** 2) / np.sum((m - m.mean()) ** 2), abs=1e-9)
+        assert f["asymmetry"] == pytest.approx(f["mu_backward"] - f["mu_forward"], abs=1e-12)
+    # what the store holds is what was returned, every parameter and interval
+    back = store.fits("fitme", "final").set_index(["row", "col"]).sort_index()
+    ret = fits.set_index(["row", "col"]).sort_index()
+    for col in ("mu_forward", "mu_backward", "eps", "mu_forward_lo", "mu_forward_hi", "eps_lo", "eps_hi", "r2"):
+        np.testing.assert_allclose(back[col].to_numpy(float), ret[col].to_numpy(float), rtol=1e-12, equal_nan=True)
     for stem in ("fitme_fit_final_params", "fitme_fit_final_curves"):
         assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 2000
     assert main(["fit", "--store", str(store.path), "--cell", "0,1", "--out", str(tmp_path / "fig"),
@@ -147,7 +154,7 @@ def test_fit_store_writes_fits_and_figures(tmp_path):
 def test_fit_trends_report_rank_correlations_and_monotone_medians():
     import pandas as pd
 
-    from phase_diagrams.fitting import fit_trends
+    from phase_diagrams.jobs import fit_trends
 
     rows = []
     for i, a in enumerate([0.0, 0.5, 1.0]):
@@ -192,7 +199,7 @@ def test_a_curve_the_chain_cannot_follow_is_flagged_not_converged_silently():
 def test_fit_cells_handles_cells_of_different_depths():
     import pandas as pd
 
-    from phase_diagrams.fitting import fit_cells
+    from phase_diagrams.jobs import fit_cells
 
     o = FitOptions(n_chains=32, search_chains=16, grid=3, maxfev=30, polish=6, profile_points=1,
                    cov_chains=64, n_steps=2000)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from phase_diagrams import jobs
-from phase_diagrams.plots import plot_all
 from phase_diagrams.simulated import mesh_grid
 from phase_diagrams.spec import SpecError, preset_spec, spec_from_dict
 from phase_diagrams.store import Store
@@ -39,7 +38,7 @@ def test_mesh_grid_equilibria_concentrate_the_load_at_both_ends():
 
 def test_leaky_resnet_sweep_with_its_mesh_counterpart(tmp_path):
     store = Store(tmp_path / "lr.sqlite")
-    rep = jobs.sweep_and_simulate("leaky-resnet-smoke", store, backend="serial", progress=False)
+    rep = jobs.sweep_and_simulate(store, "leaky-resnet-smoke", backend="serial", progress=False)
     assert (rep.done, rep.failed) == (4, 0)
     runs = store.runs("leaky-resnet-smoke")
     assert sorted(runs["ltilde"].unique()) == [1.0, 4.0]
@@ -49,7 +48,7 @@ def test_leaky_resnet_sweep_with_its_mesh_counterpart(tmp_path):
     assert set(sim["preset"]) == {"mesh"} and sorted(sim["alpha"].unique()) == [1.0, 4.0]
     per_cell, summary = jobs.compare_store(store, "leaky-resnet-smoke")
     assert summary.iloc[0]["n_cells"] == 4
-    paths = plot_all(store, "leaky-resnet-smoke", tmp_path / "fig")
+    paths = jobs.plot_all(store, "leaky-resnet-smoke", tmp_path / "fig")
     assert any("side_by_side_mesh" in str(p) for p in paths)
 
 
@@ -68,7 +67,7 @@ def test_curve_linearity_per_layer_and_per_depth():
 def test_bottleneck_study_writes_tables_and_figures(tmp_path):
     from phase_diagrams.bottleneck import read_table, run_bottleneck
 
-    df = run_bottleneck(tmp_path, "teacher", ltildes=[2.0, 8.0], schemes=["irregular", "adaptive"], epochs=6,
+    df = run_bottleneck("teacher", tmp_path, ltildes=[2.0, 8.0], schemes=["irregular", "adaptive"], epochs=6,
                         n_train=64, width=12, depth=6, adapt_every=2)
     assert len(df) == 4 and set(df["scheme"]) == {"irregular", "adaptive"}
     for _, r in df.iterrows():
@@ -82,7 +81,7 @@ def test_bottleneck_study_writes_tables_and_figures(tmp_path):
 
 def test_direction_study_rebuilds_the_trained_networks(tmp_path):
     from nets.data import load_dataset
-    from phase_diagrams.bottleneck import _teacher_set, run_directions
+    from studies.directions import _teacher_set, run_directions
 
     ds, d = _teacher_set(64, 0, "relu", "relu")
     ref = load_dataset("teacher", n_train=64)
@@ -98,13 +97,12 @@ def test_direction_study_rebuilds_the_trained_networks(tmp_path):
         assert r["sv_rel"][0] == 1.0 and np.all(np.diff(r["sv_rel"]) <= 0)
 
 
-def test_cli_direction_study_takes_lists(tmp_path, capsys):
+def test_direction_study_script_takes_lists(tmp_path, capsys):
     from phase_diagrams.bottleneck import read_table
-    from phase_diagrams.cli import main
+    from studies.directions import main
 
-    assert main(["bottleneck", "--study", "directions", "--ltilde", "2", "--weight-decay", "0.001,0.01",
-                 "--seed", "1,2", "--epochs", "2", "--n-train", "48", "--depth", "4", "--encoder", "linear",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["--ltilde", "2", "--weight-decay", "0.001,0.01", "--seed", "1,2", "--epochs", "2",
+                 "--n-train", "48", "--depth", "4", "--encoder", "linear", "--out", str(tmp_path)]) == 0
     df = read_table(tmp_path / "bottleneck_directions_linear_relu.jsonl")
     assert sorted(zip(df["weight_decay"], df["seed"], strict=True)) == [(0.001, 1), (0.001, 2), (0.01, 1), (0.01, 2)]
     assert set(df["encoder"]) == {"linear"} and len(df["coi"].iloc[0]) == 5
@@ -116,8 +114,8 @@ def test_teacher_bottleneck_acceptance_at_ltilde_12():
     # The README's acceptance protocol (λ = 1e-2) at one L̃ (~2 min on one core): a bottleneck with
     # COI within 0.5 of k* = 3 in the middle (measured 3.17, the 4th direction still decaying
     # along the depth at L̃ = 12), k̂ near k* = 3 (2.92), kinetic energy at both ends (0.98).
+    from nets import TrainConfig, train
     from nets.bottleneck import bottleneck_summary
-    from nets.train import TrainConfig, train
     from phase_diagrams.bottleneck import TEACHER_DEFAULTS
 
     h = train(TrainConfig(**TEACHER_DEFAULTS, ltilde=12.0))

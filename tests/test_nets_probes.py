@@ -7,9 +7,6 @@ import torch
 from scipy.stats import ortho_group
 
 from nets import probes
-from springblock import observables
-
-torch.set_num_threads(1)
 
 
 def _clusters(n=300, p=12, k=4, seed=0, spread=3.0):
@@ -134,26 +131,42 @@ def test_rcond_drops_tiny_directions():
         probes.log_separation(flat[:, :4], y, rcond=1e-6), abs=1e-3)
 
 
-def test_curve_loads_telescope_and_shape_numbers():
+def _two_class_layer(n, m, s, t, p, rng):
+    """Two classes of ``n`` samples with means ``±m e_1`` and within-class residuals exactly ``±s``
+    along ``e_1`` and ``±t`` along the other ``p - 1`` axes (balanced, so the class means are
+    exact). Then ``Σ_b = m² e_1 e_1ᵀ``, ``(Σ_w)_11 = s²``, ``tr Σ_w = s² + (p − 1) t²``, hence
+    ``D = tr(Σ_w Σ_b⁺) = s²/m²`` and ``tr Σ_w / tr Σ_b = (s² + (p − 1) t²)/m²``."""
+    signs = np.tile([1.0, -1.0], n // 2)
+    h = np.empty((2 * n, p))
+    for c, mean in enumerate((m, -m)):
+        rows = slice(c * n, (c + 1) * n)
+        h[rows, 0] = mean + s * rng.permutation(signs)
+        h[rows, 1:] = t * np.stack([rng.permutation(signs) for _ in range(p - 1)], axis=1)
+    y = np.repeat([0, 1], n)
+    rot = np.linalg.qr(rng.normal(size=(p, p)))[0]  # D is invariant under rotations of the features
+    return h @ rot, y
+
+
+def test_known_curve_of_a_constructed_dataset():
+    # a layer sequence with within-class spread s_l along the class axis: log D_l = 2 log(s_l/m)
+    # exactly, loads d_l = 2 log(s_{l-1}/s_l), so the shape numbers are known in closed form
     rng = np.random.default_rng(11)
-    feats, y = [], np.arange(600) % 3
-    # separation improves layer by layer: shrink within-class noise geometrically
-    means = rng.normal(size=(3, 5)) * 2
-    for scale in (2.0, 1.0, 0.6, 0.4, 0.3):
-        feats.append(means[y] + scale * rng.normal(size=(600, 5)))
-    curve = probes.layer_curve(feats, y)
-    d = observables.loads(curve)
-    assert d.sum() == pytest.approx(curve[0] - curve[-1], abs=1e-12)
-    assert np.all(d > 0)
+    m, t, p = 1.5, 0.7, 6
+    spreads = np.array([2.0, 1.0, 0.6, 0.4, 0.3])
+    layers = [_two_class_layer(200, m, s, t, p, rng) for s in spreads]
+    y = layers[0][1]
+    curve = probes.layer_curve([h for h, _ in layers], y)
+    np.testing.assert_allclose(curve, 2 * np.log(spreads / m), rtol=0, atol=1e-12)
+    trace_curve = probes.layer_curve([h for h, _ in layers], y, method="trace")
+    np.testing.assert_allclose(trace_curve, np.log((spreads**2 + (p - 1) * t**2) / m**2), atol=1e-12)
+    d = 2 * np.log(spreads[:-1] / spreads[1:])  # log 4, 2 log(5/3), 2 log(3/2), 2 log(4/3)
     s = probes.curve_summary(curve)
-    assert s["curvature"] == pytest.approx(d[0] - d[-1])
-    assert s["linearity"] == pytest.approx(np.std(d))
-    # D ∝ scale² here, so loads ≈ 2 log(scale ratio): log 4 first, 2 log(4/3) last → convex
+    np.testing.assert_allclose(s["loads"], d, atol=1e-12)
+    assert s["curvature"] == pytest.approx(d[0] - d[-1], abs=1e-12)  # 2 log 3 > 0: convex
+    assert s["linearity"] == pytest.approx(np.std(d), abs=1e-12)
     assert s["regime"] == "convex"
-    trace_curve = probes.layer_curve(feats, y, method="trace")
-    assert trace_curve.shape == curve.shape and np.all(np.diff(trace_curve) < 0)
     with pytest.raises(ValueError, match="method"):
-        probes.layer_curve(feats, y, method="bogus")
+        probes.layer_curve([h for h, _ in layers], y, method="bogus")
 
 
 def test_batched_stats_equal_one_by_one():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from springblock import ChainParams
+from springblock import ChainParams, simulate
 from springblock import observables as ob
 
 
@@ -17,7 +17,7 @@ from springblock import observables as ob
     (dict(n_blocks=0), "n_blocks must be an integer >= 1"),
     (dict(eta=0.6), "unstable"),
     (dict(k=0.0), "k must be > 0"),
-    (dict(noise="pink"), "noise must be one of"),
+    (dict(noise_mode="pink"), "noise_mode must be one of"),
     (dict(order=3), "order must be 1"),
     (dict(y=float("nan")), "y must be finite"),
     (dict(order=2, eta=3.0), "unstable"),
@@ -39,9 +39,10 @@ def test_overshoot_warning_and_roundtrip():
 
 def test_loads_telescope_and_shape_numbers():
     curve = np.array([3.0, 2.0, 1.5, 1.2, 1.0])
-    d = ob.loads(curve)
-    assert d.sum() == pytest.approx(curve[0] - curve[-1])
+    np.testing.assert_allclose(ob.loads(curve), [1.0, 0.5, 0.3, 0.2], rtol=0, atol=1e-15)
     assert ob.curvature(curve) == pytest.approx(1.0 - 0.2)
+    # c is the sum (not minus the sum) of the curve's second differences (0.5, 0.2, 0.1): > 0 convex
+    assert np.diff(curve, 2) == pytest.approx([0.5, 0.2, 0.1]) and ob.curvature(curve) == pytest.approx(0.8)
     assert ob.normalized_curvature(curve) == pytest.approx(0.8 / 2.0)
     assert ob.linearity(curve) == pytest.approx(np.std([1.0, 0.5, 0.3, 0.2]))
     assert ob.regime(curve) == "convex"
@@ -51,11 +52,24 @@ def test_loads_telescope_and_shape_numbers():
     np.testing.assert_allclose(ob.normalized_curve(curve), (curve - 1) / 2)
 
 
-def test_chain_curve_equals_elongations():
+def test_chain_loads_and_elongations_by_hand():
+    """Blocks at (0.1, 0.3, 0.35), wall 0, anchor y = 1: elongations of the 4 springs (0.1, 0.2,
+    0.05, 0.65); the loads are the first 3 (the anchor spring's 0.65 is the curve's end value)."""
     x = np.array([0.1, 0.3, 0.35])
-    np.testing.assert_allclose(ob.loads(ob.load_curve(x, 1.0)), [0.1, 0.2, 0.05])
-    np.testing.assert_allclose(ob.elongations(x, 1.0), [0.1, 0.2, 0.05, 0.65])
+    np.testing.assert_allclose(ob.load_curve(x, 1.0), [1.0, 0.9, 0.7, 0.65], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(ob.loads(ob.load_curve(x, 1.0)), [0.1, 0.2, 0.05], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(ob.elongations(x, 1.0), [0.1, 0.2, 0.05, 0.65], rtol=0, atol=1e-15)
     assert ob.chain_energy(x, 1.0, 2.0) == pytest.approx(np.sum(np.square([0.1, 0.2, 0.05, 0.65])))  # k/2 e^2
+    # pinning energy kappa_i (x_i - a_i)^2 / 2 with kappa = (1, 0, 2), a = (0.5, 9, 0.25)
+    pin = 0.5 * (0.4**2 + 2 * 0.1**2)
+    assert ob.chain_energy(x, 1.0, 2.0, kappa=[1.0, 0.0, 2.0], pin_position=[0.5, 9.0, 0.25]) == pytest.approx(
+        np.sum(np.square([0.1, 0.2, 0.05, 0.65])) + pin)
+    # SimulationResult on the same state (held by friction, no noise): loads (L) and elongations (L + 1)
+    p = ChainParams(n_blocks=3, eps=0.0, mu_forward=10.0, mu_backward=10.0, n_steps=3)
+    res = simulate(p, n_chains=2, x0=x)
+    np.testing.assert_allclose(res.loads(), [0.1, 0.2, 0.05], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(res.loads(mean=False), [[0.1, 0.2, 0.05]] * 2, rtol=0, atol=1e-15)
+    assert not hasattr(res, "elongations")  # one word per concept: the L + 1 springs are ob.elongations
 
 
 def test_dependency_direction():

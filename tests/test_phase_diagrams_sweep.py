@@ -2,8 +2,10 @@
 runners, the serial / joblib / dask backends, figures from a store, export round trips and the
 measured-vs-simulated comparison."""
 
-import hashlib
+import dataclasses
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,15 +14,25 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from nets.train import TrainConfig
+from nets import TrainConfig, train
 from phase_diagrams import jobs
 from phase_diagrams.cli import main
-from phase_diagrams.compare import compare, measured_cells, noise_rank, spearman
-from phase_diagrams.plots import plot_all
+from phase_diagrams.comparison import compare, measured_cells, spearman
 from phase_diagrams.runner import run_sweep, work_units
 from phase_diagrams.simulated import simulate_for_spec
-from phase_diagrams.spec import PRESETS, SpecError, load_spec, preset_spec, spec_from_dict, spec_to_toml, task_key
+from phase_diagrams.spec import (
+    SPEC_PRESETS,
+    AxisSpec,
+    SimSpec,
+    SpecError,
+    load_spec,
+    preset_spec,
+    spec_from_dict,
+    spec_to_toml,
+    task_key,
+)
 from phase_diagrams.store import Store
 
 # A sweep of tiny networks on a Gaussian mixture: ~0.1 s per task.
@@ -50,17 +62,17 @@ def _toml(tmp_path, d=TINY, name="spec.toml"):
     ({"train": {"epochz": 3}}, r"unknown key train\.'epochz'"),
     ({"train": {"epochs": "ten"}}, r"train\.epochs: expected int, got str"),
     ({"train": {"lr": True}}, r"train\.lr: expected float, got bool"),
-    ({"columns": {"field": "label_noise", "values": []}}, r"columns\.values: empty axis"),
-    ({"columns": {"field": "label_noise", "values": [0.1, 1.5]}}, r"columns\.values\[1\]: .*label_noise=1\.5"),
+    ({"columns": {"field": "label_noise", "values": []}}, r"columns\.values=\[\]: empty label_noise axis"),
+    ({"columns": {"field": "label_noise", "values": [0.1, 1.5]}}, r"columns\.values\[1\]=1\.5: .*label_noise=1\.5"),
     ({"rows": {"field": "alpha", "values": [0.0], "step": 1}}, r"unknown key rows\.'step'"),
     ({"rows": {"field": "alfa", "values": [0.0]}}, r"rows\.field: 'alfa' is not a TrainConfig field"),
-    ({"seeds": []}, r"seeds: empty"),
-    ({"seeds": [1, 1]}, r"seeds: repeated"),
-    ({"ensemble_size": 0}, r"ensemble_size: must be >= 1"),
+    ({"seeds": []}, r"seeds=\[\]: empty"),
+    ({"seeds": [1, 1]}, r"seeds=\[1, 1\]: repeated"),
+    ({"ensemble_size": 0}, r"ensemble_size=0: must be an integer >= 1"),
     ({"preset": "labell-noise"}, r"preset: unknown preset 'labell-noise'"),
-    ({"simulator": {"presets": ["scale-all"]}}, r"simulator\.presets\[0\]: unknown friction preset 'scale-all'"),
+    ({"simulator": {"presets": ["scale-all"]}}, r"simulator\.presets\[0\]='scale-all': unknown friction preset"),
     ({"simulator": {"eps_map": "explicit", "eps": [0.1]}}, r"simulator\.eps: 1 values for 4 columns"),
-    ({"simulator": {"eps_map": "cubic"}}, r"simulator\.eps_map: 'cubic' unknown"),
+    ({"simulator": {"eps_map": "cubic"}}, r"simulator\.eps_map='cubic': unknown"),
     ({"simulator": {"n_chains": 2.5}}, r"simulator\.n_chains: expected int, got float"),
 ])
 def test_spec_errors_name_the_offending_entry(change, match):
@@ -74,10 +86,31 @@ def test_spec_errors_name_the_offending_entry(change, match):
         spec_from_dict(d)
 
 
+@pytest.mark.parametrize("build, match", [
+    (lambda g: dataclasses.replace(g, name=""), r"name='': must be a non-empty string"),
+    (lambda g: dataclasses.replace(g, seeds=()), r"seeds=\[\]: empty"),
+    (lambda g: dataclasses.replace(g, seeds=(2**64,)), r"seeds\[0\]=18446744073709551616: must be an integer"),
+    (lambda g: dataclasses.replace(g, ensemble_size=0), r"ensemble_size=0"),
+    (lambda g: dataclasses.replace(g, simulator=SimSpec(eps_map="bogus")), r"simulator\.eps_map='bogus'"),
+    (lambda g: dataclasses.replace(g, simulator=SimSpec(n_chains=-3)), r"simulator\.n_chains=-3"),
+    (lambda g: dataclasses.replace(g, simulator=SimSpec(mu_max=float("nan"))), r"simulator\.mu_max=nan"),
+    (lambda g: dataclasses.replace(g, simulator=SimSpec(ratio=float("inf"))), r"simulator\.ratio=inf"),
+    (lambda g: dataclasses.replace(g, simulator=SimSpec(eps_min=1e301, eps_max=1e300)), r"simulator\.eps_max"),
+    (lambda g: dataclasses.replace(g, columns=AxisSpec("label_noise", (0.0, 2.0))), r"columns\.values\[1\]=2\.0"),
+    (lambda g: dataclasses.replace(g, rows=AxisSpec("alpha", (0.0, 1.5))), r"rows\.values\[1\]=1\.5"),
+    (lambda g: AxisSpec("alpha", ()), r"values=\[\]: empty alpha axis"),
+    (lambda g: AxisSpec("seed", (1,)), r"field='seed': not a TrainConfig field that can be an axis"),
+])
+def test_spec_objects_validate_in_their_constructors(build, match):
+    # GridSpec, SimSpec and AxisSpec check every entry themselves, not only when read from TOML
+    with pytest.raises(SpecError, match=match):
+        build(spec_from_dict(TINY))
+
+
 def test_spec_files_presets_and_task_keys(tmp_path):
     spec = load_spec(_toml(tmp_path))
     assert spec == spec_from_dict(TINY) and spec.shape == (3, 4)
-    for name in PRESETS:  # every preset loads, round-trips through TOML, and has unique keys
+    for name in SPEC_PRESETS:  # every preset loads, round-trips through TOML, and has unique keys
         p = preset_spec(name)
         assert load_spec(_toml(tmp_path, p.to_dict(), f"{name}.toml")) == p
         keys = [t["key"] for t in p.tasks()]
@@ -85,11 +118,16 @@ def test_spec_files_presets_and_task_keys(tmp_path):
     lab = preset_spec("label-noise")
     assert lab.shape == (6, 8) and lab.train.epochs == 100 and lab.train.n_train == 2560
     assert preset_spec("learning-rate").train.epochs == 200
-    # the key is the sha256 of the full config's sorted JSON: same config, same key
+    # task keys: a stored result is found again only if its key never changes. Pinned value for the
+    # original-protocol config (a change here orphans every stored result: bump it on purpose only)
     cfg = TrainConfig(alpha=0.2, label_noise=0.4, seed=3)
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
-    assert task_key(cfg) == hashlib.sha256(blob.encode()).hexdigest()[:20]
-    assert task_key(cfg) != task_key(cfg.replace(seed=4))
+    assert task_key(cfg) == "8eea99988aae1d02894e"
+    # the same config built another way (other field order, via replace) has the same key ...
+    assert task_key(TrainConfig(seed=3, label_noise=0.4, alpha=0.2)) == task_key(TrainConfig().replace(
+        alpha=0.2, seed=3, label_noise=0.4)) == task_key(cfg)
+    # ... and every field that changes the training changes it (the subset included)
+    for change in (dict(seed=4), dict(alpha=0.4), dict(subset="numpy"), dict(epochs=99), dict(lr=2e-3)):
+        assert task_key(cfg.replace(**change)) != task_key(cfg), change
     # a file overriding a preset
     (tmp_path / "o.toml").write_text('preset = "label-noise"\nname = "mine"\n[columns]\nvalues = [0.0, 0.6]\n')
     o = load_spec(tmp_path / "o.toml")
@@ -107,7 +145,7 @@ def test_noise_to_eps_mapping():
     bs = preset_spec("batch-size")  # smaller batches are noisier: batch 5 gets eps_max
     eps = bs.column_eps()
     assert eps[0] == pytest.approx(0.3) and eps[-1] == pytest.approx(0.01) and np.all(np.diff(eps) < 0)
-    assert list(noise_rank(bs)) == list(range(7, -1, -1))
+    assert list(bs.noise_rank()) == list(range(7, -1, -1))
     lin = spec_from_dict({**TINY, "simulator": {"eps_map": "linear", "eps_min": 0.0, "eps_max": 0.3}})
     assert np.allclose(lin.column_eps(), [0.0, 0.1, 0.2, 0.3])
     lr = preset_spec("learning-rate", simulator={"eps_map": "log"})
@@ -132,23 +170,34 @@ def test_work_units_batch_one_column():
 # ------------------------------------------------------------------------------------------
 def test_serial_sweep_resumes_and_keeps_stored_rows(tmp_path):
     store = Store(tmp_path / "s.sqlite")
-    r1 = run_sweep(TINY, store, backend="serial", progress=False, max_units=5)
+    r1 = run_sweep(store, TINY, backend="serial", progress=False, max_units=5)
     assert (r1.ran, r1.done, r1.already_done) == (5, 5, 0)
     first = store.runs("tiny").set_index("key")
-    r2 = run_sweep(TINY, store, backend="serial", progress=False)
+    r2 = run_sweep(store, TINY, backend="serial", progress=False)
     assert (r2.already_done, r2.ran) == (5, 7)
     runs = store.runs("tiny").set_index("key")
     assert len(runs) == 12 and set(runs["status"]) == {"done"}
     assert (runs.loc[first.index, "finished_at"] == first["finished_at"]).all()  # untouched
-    assert run_sweep(TINY, store, backend="serial", progress=False).ran == 0
+    assert run_sweep(store, TINY, backend="serial", progress=False).ran == 0
     assert store.progress("tiny") == {"total": 12, "done": 12, "diverged": 0, "failed": 0, "running": 0,
                                       "pending": 0}
-    # the stored numbers are the training history's: telescoping loads, probes every 10 epochs
+    # the stored numbers are those of training the task's config on its own, bit for bit (on the
+    # worker's one thread: torch's reductions, and so SGD's chaotic amplification, depend on the
+    # thread count — 0.6 % in log D at 2 threads here), probes every 10 epochs
     r = runs.iloc[0]
-    assert np.isclose(np.sum(r["loads"]), r["curve"][0] - r["curve"][-1])
+    cfg = {t["key"]: t["config"] for t in spec_from_dict(TINY).tasks()}[r.name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sweep worker ran it
+    try:
+        h = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(r["curve"], h.trajectory[-1])
+    np.testing.assert_array_equal(r["loads"], -np.diff(h.trajectory[-1]))
+    assert r["test_accuracy"] == h.test_accuracy
     assert r["probe_epochs"] == [0, 10, 20, 30, 40] and np.allclose(r["trajectory"][-1], r["curve"])
     with pytest.raises(ValueError, match="different sweep named 'tiny'"):
-        run_sweep({**TINY, "seeds": [2]}, store, backend="serial", progress=False)
+        run_sweep(store, {**TINY, "seeds": [2]}, backend="serial", progress=False)
     # a spec stored by an older version (a field added since is missing, default value) still resumes
     import sqlite3
 
@@ -156,27 +205,33 @@ def test_serial_sweep_resumes_and_keeps_stored_rows(tmp_path):
         text = con.execute("SELECT spec_toml FROM sweeps WHERE name = 'tiny'").fetchone()[0]
         assert "record_every = 100\n" in text
         con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = 'tiny'", (text.replace("record_every = 100\n", ""),))
-    assert run_sweep(TINY, store, backend="serial", progress=False).ran == 0
+    assert run_sweep(store, TINY, backend="serial", progress=False).ran == 0
+    # ... and one with a key renamed since (simulator.pin, now pin_fraction) reads as the same spec
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE sweeps SET spec_toml = ? WHERE name = 'tiny'",
+                    (text.replace("pin_fraction = 0.5\n", "pin = 0.5\n"),))
+    assert store.sweep_spec("tiny") == spec_from_dict(TINY)
+    assert run_sweep(store, TINY, backend="serial", progress=False).ran == 0
 
 
 def test_failed_and_diverged_tasks_are_recorded(tmp_path):
     store = Store(tmp_path / "f.sqlite")
     bad = {**TINY, "name": "bad", "train": {**TINY["train"], "dataset": "npz",
                                                "data_root": str(tmp_path / "nope.npz")}}
-    rep = run_sweep(bad, store, backend="serial", progress=False)
+    rep = run_sweep(store, bad, backend="serial", progress=False)
     assert rep.failed == 12 and rep.done == 0
     runs = store.runs("bad")
     assert set(runs["status"]) == {"failed"} and runs["error"].str.contains("nope.npz").all()
-    assert run_sweep(bad, store, backend="serial", progress=False).ran == 12  # failed tasks run again
+    assert run_sweep(store, bad, backend="serial", progress=False).ran == 12  # failed tasks run again
     with pytest.raises(RuntimeError, match=r"(?s)every one of the 12 tasks failed.*nope\.npz"):
-        jobs.run_main(bad, store, tmp_path / "fig", backend="serial", progress=False, simulate=False)
+        jobs.run_main(store, bad, tmp_path / "fig", backend="serial", progress=False, simulate=False)
     boom = {**TINY, "name": "boom", "columns": {"field": "lr", "values": [1e-3, 1e9]},
             "train": {**TINY["train"], "optimizer": "sgd", "loss": "mse"}}
-    rep = run_sweep(boom, store, backend="serial", progress=False)
+    rep = run_sweep(store, boom, backend="serial", progress=False)
     runs = store.runs("boom")
     assert rep.diverged == 3 and set(runs.loc[runs["col"] == 1, "status"]) == {"diverged"}
     assert set(runs.loc[runs["col"] == 0, "status"]) == {"done"}
-    assert run_sweep(boom, store, backend="serial", progress=False).ran == 0  # diverged is final
+    assert run_sweep(store, boom, backend="serial", progress=False).ran == 0  # diverged is final
     cells = measured_cells(runs, load_spec(boom))
     assert set(cells.loc[cells["col"] == 1, "regime"]) == {"diverged"}
 
@@ -187,27 +242,40 @@ def _sweep_cmd(spec_path, store_path, *extra):
 
 
 def test_sigkilled_sweep_resumes_without_loss(tmp_path):
-    spec = {**TINY, "train": {**TINY["train"], "epochs": 150}}  # ~0.3 s per task
+    # A deterministic kill point, whatever the machine's speed: the second column reads its data
+    # from a FIFO, so the serial runner (column by column) commits the first column's 3 tasks and
+    # then blocks opening the FIFO until it is killed.
+    from nets.data import gaussian_mixture
+
+    good, fifo = tmp_path / "good.npz", tmp_path / "late.npz"
+    np.savez(good, **gaussian_mixture(128, 100, dim=9, seed=0))
+    os.mkfifo(fifo)
+    spec = {**TINY, "train": {**TINY["train"], "dataset": "npz", "image_size": "none"},
+            "rows": {"field": "alpha", "values": [0.0, 0.5, 1.0]},
+            "columns": {"field": "data_root", "values": [str(good), str(fifo)]},
+            "simulator": {**TINY["simulator"], "presets": []}}
     path, db = _toml(tmp_path, spec), tmp_path / "k.sqlite"
     store = Store(db)
     proc = subprocess.Popen(_sweep_cmd(path, db), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    deadline = time.monotonic() + 300  # a safety net only: the runner blocks on the FIFO
+    while time.monotonic() < deadline and proc.poll() is None:
         if "tiny" in store.sweeps() and store.progress("tiny")["done"] >= 3:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()  # blocked on the FIFO, not finished or dead
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert store.integrity_check() == "ok"
     before = store.runs("tiny")
-    n = len(before)
-    assert 3 <= n < 12, f"kill landed after {n} tasks"
+    assert len(before) == 3 and set(before["data_root"]) == {str(good)}
     assert store.live_claims() == set()  # the dead runner's claim is stale
-    rep = run_sweep(load_spec(path), store, backend="serial", progress=False)
-    assert rep.already_done == n and rep.ran == 12 - n
+    fifo.unlink()
+    shutil.copy(good, fifo)  # the second column's data, now readable
+    rep = run_sweep(store, load_spec(path), backend="serial", progress=False)
+    assert rep.already_done == 3 and rep.ran == 3
     after = store.runs("tiny")
-    assert len(after) == 12 and after["key"].is_unique and set(after["status"]) == {"done"}
+    assert len(after) == 6 and after["key"].is_unique and set(after["status"]) == {"done"}
     merged = before.merge(after, on="key", suffixes=("_a", "_b"))
     assert (merged["finished_at_a"] == merged["finished_at_b"]).all()
 
@@ -221,7 +289,9 @@ def test_two_runners_share_a_store_without_duplicates(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     ran = [int(o[0].split(" ran ")[1].split()[0]) for o in outs]
-    assert sum(ran) == 12 and min(ran) > 0, outs  # the work was split, nothing trained twice
+    # nothing trained twice, nothing lost; how the 12 tasks split between the two runners depends
+    # on their start-up times (one may take them all), so it is not asserted
+    assert sum(ran) == 12, outs
     store = Store(db)
     runs = store.runs("tiny")
     assert len(runs) == 12 and runs["key"].is_unique and store.integrity_check() == "ok"
@@ -231,9 +301,9 @@ def test_two_runners_share_a_store_without_duplicates(tmp_path):
 def test_parallel_backends_equal_serial(tmp_path, backend):
     spec = load_spec({**TINY, "ensemble_size": 3})
     ref = Store(tmp_path / "serial.sqlite")
-    run_sweep(spec, ref, backend="serial", progress=False)
+    run_sweep(ref, spec, backend="serial", progress=False)
     other = Store(tmp_path / f"{backend}.sqlite")
-    rep = run_sweep(spec, other, backend=backend, workers=2, progress=False)
+    rep = run_sweep(other, spec, backend=backend, workers=2, progress=False)
     assert rep.ran == 12 and rep.done == 12
     a, b = ref.runs("tiny").set_index("key"), other.runs("tiny").set_index("key")
     b = b.loc[a.index]
@@ -249,8 +319,8 @@ def stored(tmp_path_factory):
     d = tmp_path_factory.mktemp("stored")
     store = Store(d / "runs.sqlite")
     spec = load_spec({**TINY, "seeds": [1, 2], "ensemble_size": 6})
-    run_sweep(spec, store, backend="serial", progress=False)
-    simulate_for_spec(spec, store, presets=("scale-both", "vary-forward"))
+    run_sweep(store, spec, backend="serial", progress=False)
+    simulate_for_spec(store, spec, presets=("scale-both", "vary-forward"))
     return store, spec, d
 
 
@@ -263,21 +333,68 @@ def test_measured_cells_average_the_seeds(stored):
     sub = runs[(runs["row"] == c["row"]) & (runs["col"] == c["col"])]
     np.testing.assert_allclose(c["curve"], np.mean(np.stack(sub["curve"]), axis=0), rtol=1e-12)
     assert c["accuracy"] == pytest.approx(sub["test_accuracy"].mean())
-    loads = -np.diff(c["curve"])
-    assert c["curvature"] == pytest.approx(loads[0] - loads[-1])
+    # known curves: seed s has log D_l = 5 - s * l^2 (L = 3 hidden layers), loads d_l = s (2l - 1),
+    # so the mean curve has loads 1.5 (2l - 1), c = d_1 - d_L = 1.5 (2 - 2L) = -6, Σd = 1.5 L^2 = 13.5
+    # and c/Σd = -4/9 < -0.1: concave (deep layers learn more; SPEC §1)
+    known = runs.copy()
+    known["curve"] = [list(5.0 - s * np.arange(4.0) ** 2) for s in known["seed"]]
+    k = measured_cells(known, spec).iloc[0]
+    assert k["curvature"] == pytest.approx(-6.0, rel=1e-12)
+    assert k["normalized_curvature"] == pytest.approx(-6.0 / 13.5, rel=1e-12)
+    assert k["regime"] == "concave"
 
 
 def test_plots_from_a_stored_sweep(stored, tmp_path):
     store, _, _ = stored
-    paths = plot_all(store, "tiny", tmp_path / "fig")
+    paths = jobs.plot_all(store, "tiny", tmp_path / "fig")
     names = {p.name for p in paths}
     for stem in ("tiny_measured", "tiny_measured_curvature", "tiny_accuracy_vs_linearity",
                  "tiny_side_by_side_vary-forward", "tiny_simulated_scale-both", "tiny_comparison",
                  "tiny_trajectories"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
-    assert all(p.stat().st_size > 2000 for p in paths)
     with pytest.raises(ValueError, match=r"cell \(9, 9\)"):
-        plot_all(store, "tiny", tmp_path / "fig", cell=(9, 9))
+        jobs.plot_all(store, "tiny", tmp_path / "fig", cell=(9, 9))
+    # a saved figure is an image of the size asked for (figure inches x 130 dpi)
+    import matplotlib.image
+
+    from phase_diagrams.plots import plot_measured_grid
+
+    cells = measured_cells(store.runs("tiny"), spec_from_dict(TINY))
+    w, h = plot_measured_grid(cells).get_size_inches()
+    img = matplotlib.image.imread(tmp_path / "fig" / "tiny_measured.png")
+    assert img.shape[:2] == (round(h * 130), round(w * 130)) and img[..., :3].std() > 0.05
+
+
+def test_grid_figures_draw_the_table(stored):
+    # plots only read tables: every cell draws the normalised mean curve of its row in the table,
+    # shaded by its accuracy (darker = more accurate), with rows alpha-ascending top to bottom and
+    # the noisiest column on the left; the comparison's titles carry the summary's numbers
+    from phase_diagrams.comparison import simulated_cells
+    from phase_diagrams.plots import plot_comparison, plot_measured_grid
+    from springblock.observables import normalized_curve
+
+    store, spec, _ = stored
+    cells = measured_cells(store.runs("tiny"), spec)
+    fig = plot_measured_grid(cells)
+    grid_axes = [ax for ax in fig.axes if ax.lines]
+    assert len(grid_axes) == len(cells)
+    order = cells.sort_values(["row_value", "noise_rank"], ascending=[True, False])
+    n_cols = spec.shape[1]
+    lum = []
+    for k, (_, c) in enumerate(order.iterrows()):
+        ax = grid_axes[k]
+        line = ax.lines[-1]
+        np.testing.assert_allclose(line.get_ydata(), normalized_curve(np.asarray(c["curve"])), rtol=1e-12)
+        assert ax.get_subplotspec().rowspan.start == k // n_cols and ax.get_subplotspec().colspan.start == k % n_cols
+        lum.append((c["accuracy"], np.mean(ax.get_facecolor()[:3])))
+    acc, shade = np.array(lum).T
+    assert spearman(acc, -shade) > 0.99  # more accurate = darker background
+    sim = store.simulated("tiny")
+    per_cell, summary = compare(cells, sim, spec)
+    cfig = plot_comparison(per_cell, summary)
+    for ax, (_, s) in zip(cfig.axes, summary.iterrows(), strict=False):
+        assert f"agree {s['regime_agreement']:.0%}" in ax.get_title()
+    assert simulated_cells(sim, spec, "scale-both")["eps"].notna().all()
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
@@ -364,7 +481,7 @@ def test_a_store_of_the_old_subset_never_mixes_with_the_original_subset(tmp_path
 
 
 def test_seed_ceiling_counts_each_seed_against_the_others_mean():
-    from phase_diagrams.compare import seed_ceiling
+    from phase_diagrams.comparison import seed_ceiling
 
     def curve(nc_target):  # 3 loads d = (1 + x, 1, 1 - x): c / sum(d) = 2x / 3
         x = 1.5 * nc_target

@@ -140,11 +140,11 @@ def _scaled_vs_plain(seed, scales, n, zt):
 
 
 def test_scaled_draw_is_bit_for_bit_the_scaled_candidate():
-    from springblock.params import NOISE_CEIL, NOISE_FLOOR
+    from springblock.params import EPS_CEIL, EPS_FLOOR
 
     rng = np.random.default_rng(0)
-    scales = np.concatenate([[0.0, NOISE_FLOOR, NOISE_CEIL, 1.0, 0.1, 3e-5],
-                             np.exp(rng.uniform(math.log(NOISE_FLOOR), math.log(NOISE_CEIL), 40))])
+    scales = np.concatenate([[0.0, EPS_FLOOR, EPS_CEIL, 1.0, 0.1, 3e-5],
+                             np.exp(rng.uniform(math.log(EPS_FLOOR), math.log(EPS_CEIL), 40))])
     a, b = _scaled_vs_plain(np.uint64(99), scales, 20_000, TABLE)
     assert np.array_equal(a.view(np.uint64), b.view(np.uint64))
     assert np.all(np.isfinite(a)) and np.count_nonzero(a[1]) > 19_900  # the floor itself is not flushed

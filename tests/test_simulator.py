@@ -6,17 +6,18 @@ import pytest
 
 from springblock import ChainParams, simulate, standard_normals
 from springblock import _reference as ref
+from springblock.dynamics import _simulate_normals
 
 CASES = [
     ChainParams(n_steps=400, mu_backward=0.15),
-    ChainParams(n_steps=400, noise="shared", lam=0.3, kappa=0.2, pin_position=0.3, k=np.linspace(1, 1.3, 8)),
+    ChainParams(n_steps=400, noise_mode="shared", lam=0.3, kappa=0.2, pin_position=0.3, k=np.linspace(1, 1.3, 8)),
     ChainParams(n_steps=400, eps=0.0, mu_forward=np.linspace(0.01, 0.1, 7), y=0.7),
     ChainParams.second_order_original(n_steps=600),
-    ChainParams.second_order_original(n_steps=600, noise="independent", eps=0.05, kappa=0.01),
+    ChainParams.second_order_original(n_steps=600, noise_mode="independent", eps=0.05, kappa=0.01),
 ]
 
 
-@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise}-eps{p.eps}")
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise_mode}-eps{p.eps}")
 def test_kernel_equals_reference(params):
     # 35 chains = groups of 16 + 16 + 3 lanes: check chains in every group and lane position
     res = simulate(params, n_chains=35, seed=11, record_every=37)
@@ -32,14 +33,28 @@ def test_kernel_equals_reference(params):
     assert list(res.steps) == list(range(0, params.n_steps + 1, 37))
 
 
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise_mode}-eps{p.eps}")
+def test_injected_normals_reproduce_the_drawing_kernels(params):
+    """The kernels on injected normals (the strong-order and overdamped-limit tests' entry point)
+    run the production arithmetic: fed each chain's own stream they equal ``simulate`` bit for bit."""
+    res = simulate(params, n_chains=19, seed=2, record_every=50, parallel=False)
+    xi = np.stack([standard_normals(s, ref.n_normals(params)) for s in res.seeds])
+    inj = _simulate_normals(params, xi, record_every=50)
+    assert np.array_equal(inj.x, res.x) and np.array_equal(inj.traj, res.traj)
+    if params.order == 2:
+        assert np.array_equal(inj.v, res.v)
+    with pytest.raises(ValueError, match="normals must be"):
+        _simulate_normals(params.replace(eps=0.1), xi[:, :5])
+
+
 def test_numpy_batch_reference_equals_kernel_on_same_noise():
     p = ChainParams(n_steps=200, mu_backward=0.2)
     res = simulate(p, n_chains=4, seed=3)
     noise = np.stack([standard_normals(s, ref.n_normals(p)).reshape(p.n_steps, p.n_blocks) for s in res.seeds], 1)
-    np.testing.assert_allclose(ref.numpy_batch_first_order(p, 4, noise=noise), res.x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ref.numpy_batch_first_order(p, 4, normals=noise), res.x, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise}-eps{p.eps}")
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"order{p.order}-{p.noise_mode}-eps{p.eps}")
 def test_chain_results_do_not_depend_on_grouping(params):
     """Chains run 16 at a time (SIMD lanes): chain c must not depend on n_chains, on which group
     it falls in or on the padding of the last group. chain_seeds(seed, n)[:13] is the same for
@@ -101,18 +116,25 @@ def test_initial_state_and_mismatched_grid_errors():
         simulate(p, 2, record_every=0)
     with pytest.raises(ValueError, match="seed"):
         simulate(p, 2, seed=-1)
+    # a first-order chain has no velocity: v0 is refused (it used to be ignored silently)
+    with pytest.raises(ValueError, match="v0 was given, but first-order"):
+        simulate(p, 2, v0=np.ones(7))
+    # ... and used by a second-order one: no force, no damping, no friction: x = dt v0 after one step
+    q = ChainParams.second_order_original(n_steps=1, eps=0.0, mu_forward=0.0, mu_backward=0.0, y=0.0, gamma=0.0)
+    r = simulate(q, 1, v0=np.ones(7))
+    assert np.array_equal(r.x[0], np.full(7, 0.05)) and np.array_equal(r.v[0], np.ones(7))
 
 
 def test_noise_below_the_floor_counts_as_zero_in_kernels_and_reference():
-    # eps(t) = exp(-400 t) falls below NOISE_FLOOR = 2^-920 between steps 159 and 160 (t = 0.01 step):
+    # eps(t) = exp(-400 t) falls below EPS_FLOOR = 2^-920 between steps 159 and 160 (t = 0.01 step):
     # the kernels (which fold eps(t) into the ziggurat's scaling) and the reference must agree bit
     # for bit on both sides of it, first and second order.
-    from springblock.params import NOISE_FLOOR
+    from springblock.params import EPS_FLOOR
 
     p1 = ChainParams(n_steps=300, eps=1.0, lam=400.0, mu_forward=0.0, mu_backward=0.0)
-    assert ref._eps_t(p1, 159) >= NOISE_FLOOR and ref._eps_t(p1, 160) == 0.0
-    p2 = ChainParams.second_order_original(n_steps=300, noise="independent", eps=1.0, lam=80.0)  # dt = 0.05
-    assert ref._eps_t(p2, 159) >= NOISE_FLOOR and ref._eps_t(p2, 160) == 0.0
+    assert ref._eps_t(p1, 159) >= EPS_FLOOR and ref._eps_t(p1, 160) == 0.0
+    p2 = ChainParams.second_order_original(n_steps=300, noise_mode="independent", eps=1.0, lam=80.0)  # dt = 0.05
+    assert ref._eps_t(p2, 159) >= EPS_FLOOR and ref._eps_t(p2, 160) == 0.0
     for p in (p1, p2):
         res = simulate(p, n_chains=17, seed=5, record_every=1)
         for c in (0, 16):

@@ -8,16 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nets.data import DataNotFoundError, load_dataset
-
 DOC = Path(__file__).resolve().parents[1] / "docs" / "your-own-network.md"
 
 
+@pytest.mark.mnist
 def test_tutorial_runs_end_to_end(tmp_path, monkeypatch):
-    try:
-        load_dataset("mnist", n_train=64)
-    except DataNotFoundError:
-        pytest.skip("MNIST not in the cache (python -m nets fetch mnist)")
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert len(blocks) == 6
     monkeypatch.chdir(tmp_path)
@@ -31,4 +26,4 @@ def test_tutorial_runs_end_to_end(tmp_path, monkeypatch):
     assert hist.trajectory[-1, -1] < hist.trajectory[0, -1] - 0.5
     assert fit.fitted.shape == hist.trajectory.shape and np.isfinite(fit.rms)
     assert (tmp_path / "my_mlp_trajectory.png").stat().st_size > 0 and (tmp_path / "my_mlp_fit.png").exists()
-    assert len(ns["jobs"]._store("own_runs.sqlite").runs("my-mlp")) == 1
+    assert len(ns["Store"]("own_runs.sqlite").runs("my-mlp")) == 1

@@ -31,18 +31,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from phase_diagrams.spec import NOISE_DIRECTION, GridSpec
+from phase_diagrams.spec import GridSpec
 from springblock.observables import REGIME_TOL, curvature, curve_summary, normalized_curvature, regime
 
-__all__ = ["noise_rank", "measured_cells", "simulated_cells", "compare", "spearman", "accuracy_linearity",
+__all__ = ["measured_cells", "simulated_cells", "compare", "spearman", "accuracy_linearity",
            "seed_ceiling", "ceiling_summary"]
-
-
-def noise_rank(spec: GridSpec) -> np.ndarray:
-    """Rank of each column from least (0) to most noisy (for plots: more noise to the left)."""
-    sign = NOISE_DIRECTION.get(spec.columns.field, 1)
-    vals = np.array([np.inf if v is None else float(v) for v in spec.columns.values]) * sign
-    return np.argsort(np.argsort(vals, kind="stable"), kind="stable")
 
 
 def _mean_curve(curves) -> np.ndarray | None:
@@ -76,7 +69,7 @@ def measured_cells(runs: pd.DataFrame, spec: GridSpec, tol: float = REGIME_TOL) 
     c/Σd over seeds; NaN with one seed) and near_threshold (the mean c/Σd within one seed-SD of
     ``±tol``).
     """
-    ranks = noise_rank(spec)
+    ranks = spec.noise_rank()
     out = []
     for i, j, rv, cv in spec.cells():
         sub = runs[(runs["row"] == i) & (runs["col"] == j)] if not runs.empty else runs
@@ -122,8 +115,8 @@ def simulated_cells(sim: pd.DataFrame, spec: GridSpec, preset: str) -> pd.DataFr
     sub = sim[sim["preset"] == preset].copy()
     if sub.empty:
         raise KeyError(f"no simulated cells for preset {preset!r} of sweep {spec.name!r}: run "
-                       f"`python -m phase_diagrams simulate-sweep` or the sweep's `run` first")
-    ranks = noise_rank(spec)
+                       f"`python -m phase_diagrams sweep SPEC` (it simulates the counterpart after training)")
+    ranks = spec.noise_rank()
     sub["row_value"] = sub["alpha"]
     sub["noise_rank"] = sub["col"].map(lambda j: int(ranks[j]))
     return sub.sort_values(["row", "col"]).reset_index(drop=True)

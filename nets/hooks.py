@@ -11,7 +11,7 @@ Which features (``layers``)
       ``nn.ReLU``, ``nn.LeakyReLU``, ``nn.GELU``, ``nn.Tanh``); if the model has none (it calls
       ``F.relu``), the output of every top-level block (the model's children, containers such as
       ``nn.Sequential`` opened recursively). A selected output that *is* the model's output (the
-      logits) is left out. The choice is logged (``logging.INFO``, logger ``nets.load_curve``).
+      logits) is left out. The choice is logged (``logging.INFO``, logger ``nets.hooks``).
     * module names (``"features.0"``, as in ``model.named_modules()``);
     * module types (``nn.ReLU``, a block class, or a tuple of them);
     * a callable ``(name, module) -> bool``.
@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from nets import probes
-from nets.train import History
+from nets.history import History
 
 __all__ = ["ACTIVATIONS", "MEMORY_ROUTE_BYTES", "LoadCurve", "load_curve", "LoadCurveRecorder"]
 
