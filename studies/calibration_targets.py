@@ -11,7 +11,7 @@ separable-free family's scores 4-25 min per panel); results of this run: docs/ca
 --store S``), seeds 1-3. Parts:
 
 ``ceiling``
-    each seed against the mean of the other seeds (:func:`phase_diagrams.compare.seed_ceiling`).
+    each seed against the mean of the other seeds (:func:`phase_diagrams.comparison.seed_ceiling`).
 ``smooth``
     the library's 11-knob family (:func:`phase_diagrams.calibrate`) with its held-out scores: seed,
     leave-one-column-out and leave-one-row-out on both panels (per-row fold agreement printed).
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from phase_diagrams import calibration as C
-from phase_diagrams.compare import seed_ceiling, spearman
+from phase_diagrams.comparison import seed_ceiling, spearman
 from springblock.observables import normalized_curvature, regime
 
 log = logging.getLogger("calibration_targets")
@@ -421,8 +421,9 @@ def main(argv=None):
                 print(wrong[["alpha", "col_value", "nc", "nc_sd", "seed_regimes", "regime", f"nc_{name}",
                              f"regime_{name}", "near_threshold"]].round(3).to_string(index=False))
     print()
-    print(pd.DataFrame(rows)[["panel", "kind", "n_cells", "regime_agreement", "spearman_nc", "ceiling_agreement",
-                              "ceiling_spearman_nc", "ratio", "fold_agreement"]].round(3).to_string(index=False))
+    print(pd.DataFrame(rows).reindex(columns=["panel", "kind", "n_cells", "regime_agreement", "spearman_nc",
+                                              "ceiling_agreement", "ceiling_spearman_nc", "ratio", "fold_agreement"])
+          .round(3).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -234,10 +234,6 @@ def test_the_objective_is_a_sum_over_cells(emulator):
 def test_the_saturated_separable_family_contains_the_smooth_one(emulator):
     """studies/calibration_targets.py: free (mu->, mu<-) per row and eps per column, fitted block by
     block, reaches at least the smooth family's objective and reproduces the truth's regimes."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from studies import calibration_targets as T
 
     runs = _runs(TRUTH, alphas=(0.0, 0.4, 0.8, 1.0), noises=(0.0, 0.2, 0.4, 0.6))
