@@ -79,6 +79,7 @@ import tomllib
 
 from nets.config import TrainConfig, coerce_field
 from phase_diagrams.friction import FRICTION_PRESETS, MESH_PRESET, SIM_PRESETS
+from springblock.errors import InputError
 
 __all__ = [
     "AxisSpec",
@@ -96,7 +97,7 @@ __all__ = [
 ]
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A grid spec is invalid; the message names the offending entry."""
 
 
