@@ -43,17 +43,120 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import sqlite3
 import sys
 import time
+from pathlib import Path
+
+from springblock.errors import InputError
 
 __all__ = ["main"]
+
+#: Printed under the traceback of an exception that is not a user error.
+BUG_HINT = ("error: unexpected {name} (a bug in phase_diagrams); please report it with the command line "
+            "and the traceback above")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's one-line error style: ``error: ...`` and exit 2."""
+
+    def error(self, message):
+        raise SystemExit(_say(f"{message} (see {self.prog} --help)", 2))
+
+
+def _say(msg, code: int) -> int:
+    print("error: " + " ".join(str(msg).split()), file=sys.stderr)
+    return code
+
+
+def _int_type(lo: int, what: str = "an integer"):
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what} >= {lo} (digits only, no 1e6)") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be >= {lo}")
+        if v > 2**63 - 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: too large (below 2**63)")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+    return v
+
+
+def _cell(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v, 10) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROW,COL (two indices >= 0, e.g. 0,1)") from None
+    if r < 0 or c < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: indices must be >= 0")
+    return r, c
+
+
+_positive = _int_type(1, "a whole number")
+_count = _int_type(0, "a whole number")
+
+
+def _out_dir(path, flag: str = "--out") -> None:
+    """``path`` can be (or already is) a writable directory: checked before any work starts."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{flag} {str(path)!r}: is a file, not a directory (give a directory)")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{flag} {str(path)!r}: {str(probe)!r} is a file, so the directory cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {str(path)!r}: directory {str(probe)!r} is not writable (read-only?)")
+
+
+def _out_file(path, flag: str = "--out") -> None:
+    """``path`` can be written: not a directory, in an existing writable directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag} {str(path)!r}: is a directory, not a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(f"{flag} {str(path)!r}: not writable (read-only file or directory?)")
+
+
+def _store_for_write(path) -> None:
+    """The store of ``run`` / ``sweep`` (created if missing) can be created: checked before the spec runs."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--store {str(path)!r}: is a directory, not a store file")
+    if not p.exists():
+        _out_dir(p.parent, "--store")
+
+
+def _chains_fit(n: int, flag: str = "--chains") -> None:
+    from springblock.errors import check_memory
+
+    # a lower bound: every chain holds at least one float64 position and one seed word
+    check_memory(f"{flag} {n}", 16.0 * n, hint=f"use fewer {flag}")
 
 
 def _parser() -> argparse.ArgumentParser:
     from phase_diagrams.friction import FRICTION_PRESETS
     from phase_diagrams.runner import BACKENDS
 
-    ap = argparse.ArgumentParser(prog="python -m phase_diagrams", description=__doc__.split("\n")[0],
+    ap = _Parser(prog="python -m phase_diagrams", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("-v", "--verbose", action="count", default=0)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -61,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     def sweep_opts(p):
         p.add_argument("--store", default="out/runs.sqlite", help="SQLite store (default out/runs.sqlite)")
         p.add_argument("--backend", default="joblib", choices=BACKENDS, help="default joblib")
-        p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+        p.add_argument("--workers", type=_positive, default=None, help="worker processes (default: all cores)")
         p.add_argument("--scheduler", default=None, help="dask scheduler address (backend dask)")
         p.add_argument("--data", default=None, help="MNIST cache dir (default $SPRINGBLOCK_DATA or ./data)")
         p.add_argument("--no-progress", action="store_true")
@@ -86,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="out/runs.sqlite")
     p.add_argument("--sweep", default=None)
     p.add_argument("--out", default="figures")
-    p.add_argument("--cell", default=None, help="ROW,COL of the trajectory figure (indices)")
+    p.add_argument("--cell", type=_cell, default=None, help="ROW,COL of the trajectory figure (indices)")
 
     c = sub.add_parser("compare", help="measured vs simulated per friction preset")
     c.add_argument("--store", default="out/runs.sqlite")
@@ -109,11 +212,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--target", default=None, choices=("final", "trajectory"),
                    help="fit the final curve (default for --store; --curve: trajectory when epochs are known) "
                         "or the probe trajectory (adds lam and tau)")
-    f.add_argument("--cell", action="append", default=None, metavar="ROW,COL", help="only these cells")
+    f.add_argument("--cell", type=_cell, action="append", default=None, metavar="ROW,COL", help="only these cells")
     f.add_argument("--uncertainty", default="mc", choices=("mc", "jacobian", "profile", "bootstrap", "none"),
                    help="default mc: residual scatter + the chains' Monte-Carlo error")
-    f.add_argument("--chains", type=int, default=256, help="chains of the reported fit (default 256)")
-    f.add_argument("--workers", type=int, default=None, help="cells fitted in parallel (default: all cores)")
+    f.add_argument("--chains", type=_positive, default=256, help="chains of the reported fit (default 256)")
+    f.add_argument("--workers", type=_positive, default=None, help="cells fitted in parallel (default: all cores)")
     f.add_argument("--no-progress", action="store_true")
 
     ca = sub.add_parser("calibrate", help="one chain-network map for the whole diagram, judged on held-out data")
@@ -131,11 +234,11 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="stand-alone simulated friction x noise diagrams")
     sim.add_argument("--preset", default="all", help=f"one of {', '.join(FRICTION_PRESETS)}, or 'all' (default)")
     sim.add_argument("--out", default="figures", help="output directory (default figures/)")
-    sim.add_argument("--chains", type=int, default=256, help="chains per cell (default 256)")
-    sim.add_argument("--steps", type=int, default=10_000, help="time steps (default 10000)")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--mu-max", type=float, default=0.1)
-    sim.add_argument("--ratio", type=float, default=2.0)
+    sim.add_argument("--chains", type=_positive, default=256, help="chains per cell (default 256)")
+    sim.add_argument("--steps", type=_positive, default=10_000, help="time steps (default 10000)")
+    sim.add_argument("--seed", type=_count, default=0)
+    sim.add_argument("--mu-max", type=_finite, default=0.1)
+    sim.add_argument("--ratio", type=_finite, default=2.0)
 
     b = sub.add_parser("bottleneck", help="leaky-ResNet bottleneck studies (teacher k* = 3, or load curves)")
     b.add_argument("--study", default="teacher", choices=("teacher", "load"))
@@ -143,13 +246,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--ltilde", default="1,2,4,8,16", help="effective depths, comma-separated")
     b.add_argument("--schemes", default="equidistant,irregular,adaptive", help="step schemes, comma-separated")
     b.add_argument("--dataset", default=None, help="load study: mnist (default) or fashion-mnist")
-    b.add_argument("--epochs", type=int, default=None)
-    b.add_argument("--lr", type=float, default=None)
-    b.add_argument("--weight-decay", type=float, default=None, help="lambda")
-    b.add_argument("--n-train", type=int, default=None)
-    b.add_argument("--depth", type=int, default=None, help="residual steps L (default 20)")
-    b.add_argument("--adapt-every", type=int, default=None)
-    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--epochs", type=_positive, default=None)
+    b.add_argument("--lr", type=_finite, default=None)
+    b.add_argument("--weight-decay", type=_finite, default=None, help="lambda")
+    b.add_argument("--n-train", type=_positive, default=None)
+    b.add_argument("--depth", type=_positive, default=None, help="residual steps L (default 20)")
+    b.add_argument("--adapt-every", type=_positive, default=None)
+    b.add_argument("--seed", type=_count, default=1)
     b.add_argument("--data", default=None, help="MNIST cache dir (default $SPRINGBLOCK_DATA or ./data)")
     return ap
 
@@ -200,29 +303,29 @@ def _fit_curve_file(args) -> int:
     import numpy as np
 
     from phase_diagrams.fitting import FitOptions, fit_curve, load_curve_file
+    from phase_diagrams.jobs import strict_json
 
     try:
         epochs = [float(v) for v in args.epochs.split(",")] if args.epochs else None
     except ValueError:
-        print(f"error: --epochs {args.epochs!r}: expected comma-separated numbers", file=sys.stderr)
-        return 2
-    try:
-        data, ep = load_curve_file(args.curve, epochs)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise InputError(f"--epochs {args.epochs!r}: expected comma-separated numbers") from None
+    if args.out:
+        _out_dir(args.out)
+    if Path(args.curve).is_dir():
+        raise InputError(f"--curve {args.curve!r}: is a directory, not a curve file")
+    _chains_fit(args.chains)
+    data, ep = load_curve_file(args.curve, epochs)
     target = args.target or ("trajectory" if data.ndim == 2 and ep is not None else "final")
     if target == "trajectory" and (data.ndim != 2 or ep is None):
-        print(f"error: {args.curve}: a trajectory fit needs a 2-D (probes x layers) array and its epochs "
-              "(--epochs or a probe_epochs key/column)", file=sys.stderr)
-        return 2
+        raise InputError(f"--curve {args.curve!r}: a trajectory fit needs a 2-D (probes x layers) array and its "
+                         "epochs (--epochs or a probe_epochs key/column)")
     if target == "final" and data.ndim == 2:
         data = data[-1]  # the last probe is the final curve
     opts = FitOptions(uncertainty=args.uncertainty, n_chains=args.chains)
     res = fit_curve(data, probe_epochs=ep if target == "trajectory" else None, opts=opts)
     rec = dict(file=str(args.curve), **res.to_record())
     if args.json:
-        print(json.dumps(rec, allow_nan=False))
+        print(json.dumps(strict_json(rec), allow_nan=False))  # RFC 8259: NaN / inf as null
     else:
         print(f"{args.curve}: {target} fit of {data.shape[-1] - 1} layers ({res.uncertainty} intervals, "
               f"{res.wall_s:.1f} s)")
@@ -247,8 +350,81 @@ def _fit_curve_file(args) -> int:
     return 0 if np.isfinite(res.rss) else 1
 
 
+def _check(args) -> dict:
+    """Every argument checked before any work (and before a store file is created): the loaded
+    spec, the opened store, output locations. Returns what the command needs."""
+    from phase_diagrams.spec import load_spec
+    from phase_diagrams.store import Store
+
+    cmd, got = args.command, {}
+    if cmd in ("run", "sweep"):
+        got["spec"] = load_spec(args.spec)
+        if cmd == "run":
+            _out_dir(args.out)
+        _store_for_write(args.store)
+    if cmd in ("plot", "fit", "calibrate", "simulate", "bottleneck") and not (cmd == "fit" and args.curve):
+        _out_dir(args.out)
+    if cmd == "export":
+        if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".json", ".jsonl"):
+            raise InputError(f"--out {args.out!r}: unknown export format; end the name in .csv, .parquet or .json")
+        _out_file(args.out)
+    if cmd == "compare" and args.csv:
+        _out_file(args.csv, "--csv")
+    if cmd == "spec" and args.out:
+        _out_file(args.out)
+    if cmd in ("fit", "simulate"):
+        _chains_fit(args.chains)
+    if cmd in ("status", "plot", "compare", "export", "fit", "calibrate") and not (cmd == "fit" and args.curve):
+        got["store"] = Store.open(args.store)  # read-only commands: a missing or corrupt store is an error
+    elif cmd in ("run", "sweep"):
+        got["store"] = Store(args.store)
+    return got
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; returns the exit code: 0, 2 (a user error: bad argument, spec, store or
+    path), 1 (a runtime failure: I/O, failed tasks), 130 (interrupted). A user error prints one line
+    ``error: ...``; ``-v`` or ``SPRINGBLOCK_TRACEBACK=1`` adds the traceback."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error, already printed in one line (2)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    tb = args.verbose > 0 or os.environ.get("SPRINGBLOCK_TRACEBACK", "") not in ("", "0")
+    try:
+        return _main(args)
+    except Exception as err:  # noqa: BLE001 -- sorted into user errors and bugs right here
+        code = _exit_code(err)
+        if tb or code is None:
+            import traceback
+
+            traceback.print_exc()
+        if code is None:
+            return _say(BUG_HINT.format(name=type(err).__name__), 1)
+        return _say(_message(err, args), code)
+
+
+def _exit_code(err) -> int | None:
+    """2 for a user error, 1 for a runtime failure, None for a bug (shown with its traceback)."""
+    if isinstance(err, (InputError, KeyError, FileNotFoundError, ValueError, TypeError)):
+        return 2
+    if isinstance(err, (OSError, sqlite3.Error, MemoryError, RuntimeError)):
+        return 1
+    return None
+
+
+def _message(err, args) -> str:
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    if isinstance(err, sqlite3.Error):
+        return f"store {getattr(args, 'store', '?')!r}: {err} (sqlite3)"
+    if isinstance(err, MemoryError):
+        return f"out of memory ({err or 'no detail'}); use smaller sizes or set SPRINGBLOCK_MEMORY_BUDGET"
+    return str(err) or type(err).__name__
+
+
+def _main(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the command line draws files only; the library never picks a backend
@@ -256,101 +432,93 @@ def main(argv=None) -> int:
                                                                          "bottleneck", "calibrate")), 2)
     logging.basicConfig(level=level, format="%(message)s")
     from phase_diagrams import jobs
-    from phase_diagrams.spec import SpecError
 
     t0 = time.perf_counter()
-    try:
-        if args.command == "run":
-            res = jobs.run_main(args.store, args.spec, args.out, simulate=not args.no_simulate,
-                                calibrate=not args.no_calibrate, **_sweep_kw(args))
-            print(res["report"].line())
-            if res["summary"] is not None:
-                _print_summary(res["summary"])
-            if res["scores"] is not None:
-                print("\ncalibrated chain, judged on held-out data, next to the seed ceiling:")
-                _print_summary(res["scores"])
-            print(f"wrote {len(res['figures'])} figure files to {args.out}/ in {time.perf_counter() - t0:.0f} s")
-        elif args.command == "sweep":
-            report = jobs.sweep_and_simulate(args.store, args.spec, simulate=not args.no_simulate, **_sweep_kw(args))
-            print(report.line())
-            return 1 if report.failed else 0
-        elif args.command == "status":
-            table = jobs.status_table(args.store)
-            print(table.to_string(index=False) if not table.empty else f"{args.store}: no sweeps")
-        elif args.command == "plot":
-            cell = tuple(int(v) for v in args.cell.split(",")) if args.cell else None
-            paths = jobs.plot_all(args.store, args.sweep, args.out, cell=cell)
-            print("\n".join(str(p) for p in paths))
-        elif args.command == "compare":
-            per_cell, summary = jobs.compare_store(args.store, args.sweep)
-            _print_summary(summary)
-            if args.csv:
-                per_cell.to_csv(args.csv, index=False)
-        elif args.command == "export":
-            print(jobs.export(args.store, args.out, sweep=args.sweep, simulated=args.simulated))
-        elif args.command == "fit" and args.curve is not None:
-            return _fit_curve_file(args)
-        elif args.command == "fit":
-            import os
-
-            cells = [tuple(int(v) for v in c.split(",")) for c in args.cell] if args.cell else None
-            fits = jobs.fit_job(args.store, args.sweep, args.out, target=args.target or "final", cells=cells,
-                                workers=args.workers or os.cpu_count() or 1, progress=not args.no_progress,
-                                uncertainty=args.uncertainty, n_chains=args.chains)
-            _print_fit_table(fits)
-            print("\ntrends over the grid (medians by alpha ascending / by noise, least noisy first):")
-            _print_summary(jobs.fit_trends(fits))
-            print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
-        elif args.command == "calibrate":
-            from phase_diagrams.calibration import CalibrationOptions
-
-            res = jobs.calibrate_job(args.store, args.sweep, args.out, transfer_from=args.transfer_from,
-                                     scores=() if args.no_scores else ("seed", "column", "row"),
-                                     opts=CalibrationOptions())
-            cal = res["calibration"]
-            print(f"calibrated map ({len(cal.fitted_knobs)} knobs fitted; 95 % intervals; "
-                  "'identified' = interval inside the search box):")
-            _print_summary(cal.params_table())
-            print("\nagreement with the measured diagram, next to the seed ceiling (each seed vs the others' mean):")
+    got = _check(args)
+    store = got.get("store")
+    if args.command == "run":
+        res = jobs.run_main(store, got["spec"], args.out, simulate=not args.no_simulate,
+                            calibrate=not args.no_calibrate, **_sweep_kw(args))
+        print(res["report"].line())
+        if res["summary"] is not None:
+            _print_summary(res["summary"])
+        if res["scores"] is not None:
+            print("\ncalibrated chain, judged on held-out data, next to the seed ceiling:")
             _print_summary(res["scores"])
-            print(f"calibrated in {cal.wall_s:.0f} s; total {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
-        elif args.command == "spec":
-            from phase_diagrams.spec import preset_spec, spec_to_toml
+        print(f"wrote {len(res['figures'])} figure files to {args.out}/ in {time.perf_counter() - t0:.0f} s")
+    elif args.command == "sweep":
+        report = jobs.sweep_and_simulate(store, got["spec"], simulate=not args.no_simulate, **_sweep_kw(args))
+        print(report.line())
+        return 1 if report.failed else 0
+    elif args.command == "status":
+        table = jobs.status_table(store)
+        print(table.to_string(index=False) if not table.empty else f"{args.store}: no sweeps")
+    elif args.command == "plot":
+        paths = jobs.plot_all(store, args.sweep, args.out, cell=args.cell)
+        print("\n".join(str(p) for p in paths))
+    elif args.command == "compare":
+        per_cell, summary = jobs.compare_store(store, args.sweep)
+        _print_summary(summary)
+        if args.csv:
+            per_cell.to_csv(args.csv, index=False)
+    elif args.command == "export":
+        print(jobs.export(store, args.out, sweep=args.sweep, simulated=args.simulated))
+    elif args.command == "fit" and args.curve is not None:
+        return _fit_curve_file(args)
+    elif args.command == "fit":
+        fits = jobs.fit_job(store, args.sweep, args.out, target=args.target or "final", cells=args.cell,
+                            workers=args.workers or os.cpu_count() or 1, progress=not args.no_progress,
+                            uncertainty=args.uncertainty, n_chains=args.chains)
+        _print_fit_table(fits)
+        print("\ntrends over the grid (medians by alpha ascending / by noise, least noisy first):")
+        _print_summary(jobs.fit_trends(fits))
+        print(f"fitted {len(fits)} cells in {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
+    elif args.command == "calibrate":
+        from phase_diagrams.calibration import CalibrationOptions
 
-            text = spec_to_toml(preset_spec(args.preset))
-            if args.out:
-                with open(args.out, "w") as fh:
-                    fh.write(text)
-            else:
-                print(text, end="")
-        elif args.command == "simulate":
-            from springblock import ChainParams
+        res = jobs.calibrate_job(store, args.sweep, args.out, transfer_from=args.transfer_from,
+                                 scores=() if args.no_scores else ("seed", "column", "row"),
+                                 opts=CalibrationOptions())
+        cal = res["calibration"]
+        print(f"calibrated map ({len(cal.fitted_knobs)} knobs fitted; 95 % intervals; "
+              "'identified' = interval inside the search box):")
+        _print_summary(cal.params_table())
+        print("\nagreement with the measured diagram, next to the seed ceiling (each seed vs the others' mean):")
+        _print_summary(res["scores"])
+        print(f"calibrated in {cal.wall_s:.0f} s; total {time.perf_counter() - t0:.0f} s; figures in {args.out}/")
+    elif args.command == "spec":
+        from phase_diagrams.spec import preset_spec, spec_to_toml
 
-            presets = None if args.preset == "all" else (args.preset,)
-            table = jobs.simulate_job(args.out, presets, base=ChainParams(n_steps=args.steps), n_chains=args.chains,
-                                      seed=args.seed, mu_max=args.mu_max, ratio=args.ratio)
-            for preset, df in table.groupby("preset", sort=False):
-                counts = df["regime"].value_counts().to_dict()
-                print(f"{preset:>15}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-            print(f"wrote {args.out}/simulated_*.png|pdf and simulated_diagrams.csv in "
-                  f"{time.perf_counter() - t0:.1f} s")
-        elif args.command == "bottleneck":
-            from phase_diagrams.bottleneck import SUMMARY_COLUMNS, run_bottleneck
+        text = spec_to_toml(preset_spec(args.preset))
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text)
+        else:
+            print(text, end="")
+    elif args.command == "simulate":
+        from springblock import ChainParams
 
-            over = {k: v for k, v in (("dataset", args.dataset), ("epochs", args.epochs), ("lr", args.lr),
-                                      ("n_train", args.n_train), ("adapt_every", args.adapt_every),
-                                      ("depth", args.depth), ("weight_decay", args.weight_decay)) if v is not None}
-            try:
-                ltildes = [float(v) for v in args.ltilde.split(",")]
-            except ValueError:
-                raise ValueError(f"--ltilde {args.ltilde!r}: expected comma-separated numbers") from None
-            df = run_bottleneck(args.study, args.out, ltildes=ltildes,
-                                schemes=[v.strip() for v in args.schemes.split(",")], seed=args.seed,
-                                cache_dir=args.data, **over)
-            _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
-            print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
-    except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        presets = None if args.preset == "all" else (args.preset,)
+        table = jobs.simulate_job(args.out, presets, base=ChainParams(n_steps=args.steps), n_chains=args.chains,
+                                  seed=args.seed, mu_max=args.mu_max, ratio=args.ratio)
+        for preset, df in table.groupby("preset", sort=False):
+            counts = df["regime"].value_counts().to_dict()
+            print(f"{preset:>15}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print(f"wrote {args.out}/simulated_*.png|pdf and simulated_diagrams.csv in "
+              f"{time.perf_counter() - t0:.1f} s")
+    elif args.command == "bottleneck":
+        from phase_diagrams.bottleneck import SUMMARY_COLUMNS, run_bottleneck
+
+        over = {k: v for k, v in (("dataset", args.dataset), ("epochs", args.epochs), ("lr", args.lr),
+                                  ("n_train", args.n_train), ("adapt_every", args.adapt_every),
+                                  ("depth", args.depth), ("weight_decay", args.weight_decay)) if v is not None}
+        try:
+            ltildes = [float(v) for v in args.ltilde.split(",")]
+        except ValueError:
+            raise InputError(f"--ltilde {args.ltilde!r}: expected comma-separated numbers") from None
+        df = run_bottleneck(args.study, args.out, ltildes=ltildes,
+                            schemes=[v.strip() for v in args.schemes.split(",")], seed=args.seed,
+                            cache_dir=args.data, **over)
+        _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
+        print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -71,7 +72,14 @@ def compare_store(store, sweep: str | None = None) -> tuple[pd.DataFrame, pd.Dat
         raise KeyError(f"sweep {sweep!r} has no simulated cells in {store.path}; "
                        "run the sweep again with simulation on, or `python -m phase_diagrams calibrate`")
     presets = sorted(dict.fromkeys(sim["preset"]), key=lambda p: p != CALIBRATED)  # the calibrated chain first
-    return compare(measured_cells(store.runs(sweep), spec), sim, spec, presets)
+    runs = store.runs(sweep, with_arrays=False)
+    if runs.empty or not (runs["status"] == "done").any():  # an agreement of 0 out of 0 cells means nothing
+        raise ValueError(f"sweep {sweep!r} has no finished runs in {store.path} to compare "
+                         f"({len(runs)} stored, none done); run or resume it first")
+    per_cell, summary = compare(measured_cells(store.runs(sweep), spec), sim, spec, presets)
+    if {"n_compared", "regime_agreement"} <= set(summary.columns):  # 0 of 0 cells agree: undefined, not 0
+        summary.loc[summary["n_compared"] == 0, "regime_agreement"] = np.nan
+    return per_cell, summary
 
 
 def plot_all(store, sweep: str | None = None, out_dir="figures", *, cell: tuple[int, int] | None = None) -> list[Path]:
@@ -141,10 +149,13 @@ def export(store, path, *, sweep: str | None = None, simulated: bool = False) ->
     """Write the runs (or with ``simulated`` the simulated cells) of a store to ``path``.
 
     The format follows the suffix: ``.csv`` (array columns as JSON text), ``.parquet`` (native
-    lists, via pyarrow) or ``.json`` / ``.jsonl`` (one JSON record per line, floats written exactly). ``sweep=None``
-    exports every sweep. :func:`read_export` reads any of them back.
+    lists, via pyarrow) or ``.json`` / ``.jsonl`` (one JSON record per line, floats written exactly; RFC 8259:
+    NaN and ±inf are written as ``null``, read back as NaN in number columns). ``sweep=None``
+    exports every sweep; an unknown ``sweep`` is a KeyError. :func:`read_export` reads any of them back.
     """
     store = as_store(store)
+    if sweep is not None:
+        store.sweep_name(sweep)  # KeyError naming the sweeps the store holds (not a header-only file)
     df = store.simulated(sweep) if simulated else store.runs(sweep)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +171,7 @@ def export(store, path, *, sweep: str | None = None, simulated: bool = False) ->
     elif suffix in (".json", ".jsonl"):  # full float precision (pandas' to_json rounds to 15 digits)
         with open(path, "w") as fh:
             for rec in df.to_dict(orient="records"):
-                fh.write(json.dumps(rec, default=_plain) + "\n")
+                fh.write(json.dumps(strict_json(rec), allow_nan=False) + "\n")
     else:
         raise ValueError(f"unknown export format {path.suffix!r}: use .csv, .parquet or .json")
     return path
@@ -188,11 +199,22 @@ def read_export(path) -> pd.DataFrame:
     raise ValueError(f"unknown export format {path.suffix!r}: use .csv, .parquet or .json")
 
 
-def _plain(v):
-    """JSON fallback for NumPy scalars and arrays."""
+def strict_json(v):
+    """``v`` with NumPy scalars and arrays as plain Python values and every non-finite float as
+    ``None``: what ``json.dumps(..., allow_nan=False)`` accepts (RFC 8259 has no NaN/Infinity)."""
     if hasattr(v, "tolist"):
-        return v.tolist()
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")
+        v = v.tolist()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [strict_json(x) for x in v]
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    if v is pd.NaT:
+        return None
+    return str(v)
 
 
 def _to_list(v):
@@ -333,6 +355,10 @@ def fit_store(store, sweep: str | None = None, *, target: str = "final", opts=No
     sweep = store.sweep_name(sweep)
     spec = store.sweep_spec(sweep)
     runs = store.runs(sweep)
+    if runs.empty or not (runs["status"] == "done").any():
+        raise ValueError(f"sweep {sweep!r} has no finished runs in {store.path} to fit "
+                         f"({len(runs)} stored); run or resume it first: python -m phase_diagrams sweep SPEC "
+                         f"--store {store.path}")
     table = measured_cells(runs, spec)
     ok = runs[runs["status"] == "done"]
     key = "trajectory" if target == "trajectory" else "curve"

@@ -71,6 +71,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,9 @@ _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 #: The rows of the original panels: LeakyReLU slopes (0 = ReLU).
 ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _MAX_INT = 2**63 - 1  # SQLite INTEGER
+#: Most tasks (rows x columns x seeds) one sweep may register (its hashing holds the store's write lock).
+MAX_TASKS = 100_000
+_NAME_RE = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*")
 
 
 def _fail(where: str, value, why: str):
@@ -224,6 +228,9 @@ class GridSpec:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
             _fail("name", self.name, "must be a non-empty string")
+        if not _NAME_RE.fullmatch(self.name):
+            _fail("name", self.name, "use letters, digits, '_', '-', '.' and '+' only (it names figure "
+                  "files: no '/', spaces, or a leading '.')")
         for what, typ in (("train", TrainConfig), ("rows", AxisSpec), ("columns", AxisSpec), ("simulator", SimSpec)):
             if not isinstance(getattr(self, what), typ):
                 _fail(what, getattr(self, what), f"expected a {typ.__name__}")
@@ -246,7 +253,11 @@ class GridSpec:
                     self.train.replace(**{a.field: v})
                 except (TypeError, ValueError) as err:
                     raise SpecError(f"{ax}.values[{n}]={v!r}: {err}") from None
-        _check_simulator(self.simulator, self.rows, self.columns)
+        _check_simulator(self.simulator, self.rows, self.columns, getattr(self.train, "depth", None))
+        n_tasks = len(self.rows.values) * len(self.columns.values) * len(self.seeds)
+        if n_tasks > MAX_TASKS:
+            _fail("rows x columns x seeds", n_tasks, f"more than {MAX_TASKS} tasks in one sweep; split it into "
+                  "several sweeps (names) or use fewer values")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -501,8 +512,28 @@ def spec_from_dict(d: dict, *, source: str = "spec") -> GridSpec:
                     seeds=tuple(seeds), ensemble_size=ens, simulator=SimSpec(**kw))
 
 
-def _check_simulator(sim: SimSpec, rows: AxisSpec, columns: AxisSpec) -> None:
-    """The simulator's mapping must fit the axes (rows → friction or mesh, columns → eps)."""
+def _check_simulator(sim: SimSpec, rows: AxisSpec, columns: AxisSpec, depth: int | None = None) -> None:
+    """The simulator's mapping must fit the axes (rows → friction or mesh, columns → eps); the
+    chain of the strongest cell must be a valid chain, and its trajectories must fit in memory."""
+    if sim.presets:
+        from springblock import ChainParams
+        from springblock.errors import ResourceError, check_memory
+
+        eps_top = max([sim.eps_max, *sim.eps])
+        n_blocks = depth if isinstance(depth, int) and depth >= 1 else 1
+        try:  # the largest friction and noise any cell gets (the chain refuses what would overflow)
+            ChainParams(n_blocks=n_blocks, mu_forward=sim.mu_max, mu_backward=sim.mu_max * sim.ratio,
+                        eps=eps_top, n_steps=1)
+        except (TypeError, ValueError) as err:
+            raise SpecError(f"simulator: mu_max={sim.mu_max!r}, ratio={sim.ratio!r}, eps up to {eps_top!r} "
+                            f"give an invalid chain: {err}") from None
+        records = sim.n_steps // sim.record_every + 2
+        try:
+            check_memory(f"simulator.n_chains={sim.n_chains}, n_steps={sim.n_steps}, record_every="
+                         f"{sim.record_every} ({n_blocks} blocks)", 8.0 * sim.n_chains * n_blocks * records,
+                         hint="lower simulator.n_chains or n_steps, or raise record_every")
+        except ResourceError as err:
+            raise SpecError(str(err)) from None
     if MESH_PRESET in sim.presets:
         if rows.field != "ltilde":
             raise SpecError(f"rows.field: the 'mesh' simulator maps the effective depth ltilde to the chain, "
@@ -575,9 +606,14 @@ def load_spec(source) -> GridSpec:
     if path.is_dir():
         raise SpecError(f"{text!r} is a directory, not a spec file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                        "a spec is a TOML text file") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the spec: {err.strerror or err}") from None
     try:
         return spec_from_dict(data, source=str(path))
     except SpecError as err:

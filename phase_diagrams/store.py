@@ -49,7 +49,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Store", "as_store", "STATUSES", "LEASE_S", "RESULT_FIELDS", "ARRAY_COLUMNS"]
+from springblock.errors import InputError
+
+__all__ = ["Store", "StoreError", "as_store", "STATUSES", "LEASE_S", "RESULT_FIELDS", "ARRAY_COLUMNS"]
 
 #: Per-run results stored as JSON (arrays, or scalars of the leaky-ResNet probes): columns of :meth:`Store.runs`.
 RESULT_FIELDS = ("curve", "loads", "trajectory", "probe_epochs", "train_loss", "trace_ratio_curve", "probe_accuracy",
@@ -208,15 +210,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class StoreError(InputError):
+    """A store path that cannot be used: missing (where it must exist), a directory, not a SQLite
+    file, corrupt (``PRAGMA integrity_check`` fails), another program's database, or unreadable."""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def as_store(store) -> Store:
     """``store`` itself if it is a :class:`Store`, else the store at that path (created if missing).
 
-    Every function of the package that takes a store takes it first and accepts either form.
+    Every function of the package that takes a store takes it first and accepts either form. The
+    Python API keeps this lenient form (a new path is a new, empty store); the command line opens
+    the stores of its read-only commands with :meth:`Store.open`, which refuses a missing file.
 
     Raises
     ------
     TypeError
         Neither a path nor a Store (e.g. a spec passed where the store goes).
+    StoreError
+        The path is a directory, not a SQLite store, corrupt, or another program's database.
     """
     if isinstance(store, Store):
         return store
@@ -233,17 +247,82 @@ class Store:
     ----------
     path : path of the ``.sqlite`` file (parent directories are created)
     timeout : seconds to wait for another writer's lock
+    create : create the file if it is missing (default); ``False`` (or :meth:`open`) refuses a
+        missing file and runs ``PRAGMA integrity_check`` on an existing one
+
+    Raises
+    ------
+    StoreError
+        Missing file with ``create=False``; a directory; a file that is not a SQLite database,
+        is corrupt, holds another program's tables, or cannot be opened (e.g. read-only directory:
+        the WAL journal needs a writable directory).
     """
 
-    def __init__(self, path, timeout: float = 60.0):
+    def __init__(self, path, timeout: float = 60.0, *, create: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = float(timeout)
         self.owner = uuid.uuid4().hex
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        existed = self.path.exists()
+        self._check_file(create)
+        try:
+            if not existed:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                if existed:
+                    self._check_schema(con, full=not create)
+                con.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        except OSError as err:
+            raise StoreError(f"store {str(self.path)!r}: cannot create it: {err.strerror or err}") from None
+
+    @classmethod
+    def open(cls, path, timeout: float = 60.0) -> Store:
+        """An existing, sound store (``create=False``): for commands that only read."""
+        return cls(path, timeout, create=False)
+
+    def _check_file(self, create: bool) -> None:
+        p = self.path
+        if p.is_dir():
+            raise StoreError(f"store {str(p)!r}: is a directory, not a store file")
+        if not p.exists():
+            if not create:
+                raise StoreError(f"store {str(p)!r}: no such file (check the path; a sweep creates it: "
+                                 "python -m phase_diagrams sweep SPEC --store PATH)")
+            return
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(16)
+        except OSError as err:
+            raise StoreError(f"store {str(p)!r}: cannot read it: {err.strerror or err}") from None
+        if head and head != _SQLITE_MAGIC:
+            raise StoreError(f"store {str(p)!r}: not a SQLite store (wrong file header; truncated, corrupt "
+                             "or another kind of file)")
+
+    def _check_schema(self, con, *, full: bool) -> None:
+        if full:
+            status = con.execute("PRAGMA integrity_check").fetchone()[0]
+            if status != "ok":
+                raise StoreError(f"store {str(self.path)!r}: corrupt (PRAGMA integrity_check: {status[:200]}); "
+                                 "restore it from a copy or export what is readable")
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "runs" in tables:
+            cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            if not {"key", "status", "result"} <= cols:
+                raise StoreError(f"store {str(self.path)!r}: its 'runs' table is another program's "
+                                 f"(columns {', '.join(sorted(cols))}); use a new store path")
+
+    def _error(self, err: sqlite3.Error) -> StoreError:
+        msg = str(err)
+        why = msg
+        if "unable to open" in msg or "readonly" in msg:
+            why = (f"{msg} (is the directory read-only or missing? the store's WAL journal needs a "
+                   "writable directory)")
+        elif "not a database" in msg or "malformed" in msg:
+            why = f"{msg} (not a SQLite store, or a corrupt one)"
+        return StoreError(f"store {str(self.path)!r}: {why}")
 
     # -------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
