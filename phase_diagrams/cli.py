@@ -55,7 +55,7 @@ from springblock.errors import InputError
 __all__ = ["main"]
 
 #: Printed under the traceback of an exception that is not a user error.
-BUG_HINT = ("error: unexpected {name} (a bug in phase_diagrams); please report it with the command line "
+BUG_HINT = ("unexpected {name} (a bug in phase_diagrams); please report it with the command line "
             "and the traceback above")
 
 

@@ -195,7 +195,11 @@ def read_export(path) -> pd.DataFrame:
         return df
     if suffix in (".json", ".jsonl"):
         with open(path) as fh:
-            return pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+            df = pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+        for c in ARRAY_COLUMNS:  # null inside an array was a NaN or inf (strict JSON): back to NaN
+            if c in df.columns:
+                df[c] = df[c].map(_nan_for_null)
+        return df
     raise ValueError(f"unknown export format {path.suffix!r}: use .csv, .parquet or .json")
 
 
@@ -215,6 +219,12 @@ def strict_json(v):
     if v is pd.NaT:
         return None
     return str(v)
+
+
+def _nan_for_null(v):
+    if isinstance(v, list):
+        return [math.nan if x is None else _nan_for_null(x) for x in v]
+    return v
 
 
 def _to_list(v):

@@ -266,13 +266,27 @@ class Store:
         self.pid = os.getpid()
         existed = self.path.exists()
         self._check_file(create)
+        sidecars = [Path(f"{self.path}{x}") for x in ("-wal", "-shm")]
+        fresh = [p for p in sidecars if not p.exists()]
+        try:
+            self._open(existed, create)
+        except StoreError:
+            for p in fresh:  # the journal files SQLite made while we looked at a bad file
+                if p.exists() and (p.name.endswith("-shm") or p.stat().st_size == 0):
+                    p.unlink(missing_ok=True)
+            raise
+
+    def _open(self, existed: bool, create: bool) -> None:
         try:
             if not existed:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as con:
+            con = self._connect()
+            try:
                 if existed:
                     self._check_schema(con, full=not create)
                 con.executescript(_SCHEMA)
+            finally:
+                con.close()
         except sqlite3.Error as err:
             raise self._error(err) from None
         except OSError as err:
@@ -327,9 +341,13 @@ class Store:
     # -------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     @contextmanager
