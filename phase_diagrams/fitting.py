@@ -90,6 +90,7 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from springblock import ChainParams, simulate
+from springblock.errors import InputError, check_memory
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ _BOUNDS = {  # natural-scale bounds (the optimiser works on logs except for lam)
     "lam": (0.0, 1.0),
     "tau": (1e-3, 1e3),
 }
+#: Most time steps of one fit's horizon (each evaluation simulates all of them).
+MAX_FIT_STEPS = 10**8
 UNCERTAINTIES = ("mc", "jacobian", "profile", "bootstrap", "none")
 _LOG = {"mu_forward": True, "mu_backward": True, "eps": True, "lam": False, "tau": True}
 
@@ -135,18 +138,28 @@ class FitOptions:
         for name in ("polish", "profile_points"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"FitOptions.{name}={v!r}: must be an integer >= 0")
+                raise InputError(f"FitOptions.{name}={v!r}: must be an integer >= 0")
         for name in ("n_chains", "search_chains", "n_steps", "grid", "starts", "maxfev", "n_bootstrap", "records",
                      "cov_chains"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"FitOptions.{name}={v!r}: must be an integer >= 1")
+                raise InputError(f"FitOptions.{name}={v!r}: must be an integer >= 1")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise InputError(f"FitOptions.seed={self.seed!r}: must be an integer in [0, 2**63)")
+        if self.n_steps > MAX_FIT_STEPS:
+            raise InputError(f"FitOptions.n_steps={self.n_steps!r}: at most {MAX_FIT_STEPS:.0e} steps (every "
+                             "evaluation simulates the whole horizon; the default is 10 000)")
+        for name in ("n_chains", "search_chains", "cov_chains"):  # >= 16 bytes per chain (position, seed)
+            check_memory(f"FitOptions.{name}={getattr(self, name)}", 16.0 * getattr(self, name))
+        if not isinstance(self.xatol, (int, float)) or isinstance(self.xatol, bool) or not (
+                math.isfinite(self.xatol) and self.xatol > 0):
+            raise InputError(f"FitOptions.xatol={self.xatol!r}: must be a finite number > 0")
         if self.uncertainty not in UNCERTAINTIES:
-            raise ValueError(f"FitOptions.uncertainty={self.uncertainty!r}: choose {', '.join(UNCERTAINTIES)}")
+            raise InputError(f"FitOptions.uncertainty={self.uncertainty!r}: choose {', '.join(UNCERTAINTIES)}")
         if self.baseline not in ("initial", "none"):
-            raise ValueError(f"FitOptions.baseline={self.baseline!r}: choose initial or none")
-        if not (0 < self.eta <= 0.1):
-            raise ValueError(f"FitOptions.eta={self.eta!r}: must be in (0, 0.1]")
+            raise InputError(f"FitOptions.baseline={self.baseline!r}: choose initial or none")
+        if not isinstance(self.eta, (int, float)) or isinstance(self.eta, bool) or not (0 < self.eta <= 0.1):
+            raise InputError(f"FitOptions.eta={self.eta!r}: must be in (0, 0.1]")
 
 
 @dataclass
@@ -661,8 +674,12 @@ def fit_curve(measured, *, probe_epochs=None, opts: FitOptions = FitOptions(), s
                          f"{None if probe_epochs is None else len(probe_epochs)} epochs")
     if not traj and y.ndim != 1:
         raise ValueError(f"a final curve must be 1-D (L+1,), got shape {y.shape}; pass probe_epochs for a trajectory")
-    if y.shape[-1] < 3 or not np.all(np.isfinite(y)):
-        raise ValueError("the measured curve needs >= 3 finite layers")
+    if y.shape[-1] < 3:
+        raise InputError(f"the measured curve has {y.shape[-1]} layers: a fit needs >= 3")
+    if not np.all(np.isfinite(y)):
+        bad = np.argwhere(~np.isfinite(y))[:5].tolist()
+        raise InputError(f"the measured curve has non-finite values (NaN or inf) at {bad}"
+                         f"{' ...' if (~np.isfinite(y)).sum() > 5 else ''}: every value must be finite")
     n_blocks = y.shape[-1] - 1
     final = y[-1] if traj else y
     shift = np.zeros_like(y)

@@ -106,8 +106,10 @@ def test_bad_input_is_rejected():
         fit_curve(np.ones((3, 8)), opts=FAST)
     with pytest.raises(ValueError, match="one epoch per probe"):
         fit_curve(np.ones((3, 8)), probe_epochs=[0, 1], opts=FAST)
-    with pytest.raises(ValueError, match=">= 3 finite layers"):
+    with pytest.raises(ValueError, match="non-finite values"):
         fit_curve([1.0, np.nan, 0.0], opts=FAST)
+    with pytest.raises(ValueError, match=">= 3"):
+        fit_curve([1.0, 0.0], opts=FAST)
     with pytest.raises(ValueError, match="uncertainty"):
         FitOptions(uncertainty="magic")
     with pytest.raises(ValueError, match="polish"):

@@ -563,3 +563,30 @@ def test_generated_argument_lists_never_traceback(work, monkeypatch):
     check()
     assert not (work / "typo.sqlite").exists()  # a mistyped store is never created
     assert len(seen) >= 50 and codes.get(0, 0) >= 5 and codes.get(2, 0) >= 20, codes
+
+
+# --------------------------------------------------------------------------------------------------
+# fitting options (F-api-04, F-api-09, F-api-10)
+@pytest.mark.parametrize("case,kw,needle", [
+    ("F-api-04", dict(xatol=-1.0), "FitOptions.xatol"),
+    ("F-api-04/nan", dict(xatol=float("nan")), "FitOptions.xatol"),
+    ("F-api-10", dict(n_steps=10**12), "FitOptions.n_steps"),
+    ("fit-chains", dict(n_chains=10**12), "FitOptions.n_chains"),
+    ("fit-seed", dict(seed=-1), "FitOptions.seed"),
+    ("fit-eta", dict(eta="0.01"), "FitOptions.eta"),
+])
+def test_fit_options_refuse(monkeypatch, case, kw, needle):
+    from phase_diagrams.fitting import FitOptions
+
+    monkeypatch.setenv("SPRINGBLOCK_MEMORY_BUDGET", "1G")
+    with pytest.raises(InputError, match=needle.replace(".", r"\.")):
+        FitOptions(**kw)
+
+
+def test_fit_curve_names_the_non_finite_layer():
+    from phase_diagrams.fitting import fit_curve
+
+    curve = np.linspace(3, 0, 8)
+    curve[3] = np.inf
+    with pytest.raises(InputError, match=r"non-finite values .*\[\[3\]\]"):  # F-api-09: not ">= 3 finite layers"
+        fit_curve(curve)
