@@ -65,6 +65,11 @@ class DiagramSpec:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (1 if name == "n_chains" else 0):
                 raise ValueError(f"DiagramSpec.{name}={v!r}: must be an integer >= {1 if name == 'n_chains' else 0}")
+        from springblock.errors import check_memory
+
+        cells = len(self.alphas) * len(self.eps)  # positions and a seed word per chain and block, every cell
+        check_memory(f"DiagramSpec.n_chains={self.n_chains} x {self.base.n_blocks} blocks x {cells} cells",
+                     16.0 * self.n_chains * self.base.n_blocks * cells, hint="use fewer chains")
 
     def grid(self) -> np.ndarray:
         """Object array of ChainParams, shape ``(len(alphas), len(eps))``."""

@@ -590,3 +590,14 @@ def test_fit_curve_names_the_non_finite_layer():
     curve[3] = np.inf
     with pytest.raises(InputError, match=r"non-finite values .*\[\[3\]\]"):  # F-api-09: not ">= 3 finite layers"
         fit_curve(curve)
+
+
+def test_diagram_spec_memory_guard(monkeypatch):
+    """C-20 through the Python API: the stand-alone diagram refuses before allocating."""
+    from phase_diagrams.simulated import DiagramSpec
+    from springblock.errors import ResourceError
+
+    monkeypatch.setenv("SPRINGBLOCK_MEMORY_BUDGET", "1G")
+    with pytest.raises(ResourceError, match="DiagramSpec.n_chains=1000000000000"):
+        DiagramSpec(n_chains=10**12)
+    assert DiagramSpec(n_chains=16).n_chains == 16
