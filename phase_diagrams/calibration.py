@@ -106,6 +106,7 @@ from scipy import optimize
 
 from phase_diagrams.comparison import seed_ceiling, spearman
 from phase_diagrams.spec import NOISE_DIRECTION
+from springblock.errors import InputError, check_memory
 from springblock.observables import REGIME_TOL, curvature, normalized_curvature, regime
 
 log = logging.getLogger(__name__)
@@ -162,26 +163,43 @@ class CalibrationOptions:
                      "n_draws"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-                raise ValueError(f"CalibrationOptions.{name}={v!r}: must be an integer >= 2")
+                raise InputError(f"CalibrationOptions.{name}={v!r}: must be an integer >= 2")
         for name in ("restarts", "mc_seeds"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"CalibrationOptions.{name}={v!r}: must be an integer >= 1")
+                raise InputError(f"CalibrationOptions.{name}={v!r}: must be an integer >= 1")
+        for name in ("seed", "search_seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+                raise InputError(f"CalibrationOptions.{name}={v!r}: must be an integer in [0, 2**63)")
+        v = self.predict_chains
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"CalibrationOptions.predict_chains={v!r}: must be an integer >= 1")
         for name in ("mu_range", "eps_range"):
-            lo, hi = getattr(self, name)
+            pair = getattr(self, name)
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)):
+                raise InputError(f"CalibrationOptions.{name}={pair!r}: expected (low, high), two numbers")
+            lo, hi = pair
             if not (0 < lo < hi and math.isfinite(hi)):
-                raise ValueError(f"CalibrationOptions.{name}={(lo, hi)!r}: need 0 < low < high")
+                raise InputError(f"CalibrationOptions.{name}={(lo, hi)!r}: need 0 < low < high")
         lams = tuple(self.lams)
-        if len(lams) < 2 or any(not (math.isfinite(v) and v >= 0) for v in lams) or list(lams) != sorted(set(lams)):
-            raise ValueError(f"CalibrationOptions.lams={lams!r}: >= 2 increasing values >= 0")
+        if len(lams) < 2 or any(not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                     and v >= 0) for v in lams) or list(lams) != sorted(set(lams)):
+            raise InputError(f"CalibrationOptions.lams={lams!r}: >= 2 increasing values >= 0")
         for name in ("t_max", "eta", "w_final", "w_traj", "w_nc", "tol"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"CalibrationOptions.{name}={v!r}: must be finite and >= 0")
+                raise InputError(f"CalibrationOptions.{name}={v!r}: must be finite and >= 0")
         if self.t_max <= 0 or not (0 < self.eta <= 0.1):
-            raise ValueError(f"CalibrationOptions: need t_max > 0 and 0 < eta <= 0.1, got {self.t_max}, {self.eta}")
+            raise InputError(f"CalibrationOptions: need t_max > 0 and 0 < eta <= 0.1, got {self.t_max}, {self.eta}")
         if self.w_final + self.w_traj + self.w_nc <= 0:
-            raise ValueError("CalibrationOptions: at least one objective weight must be > 0")
+            raise InputError("CalibrationOptions: at least one objective weight must be > 0")
+        # the emulator table: grid^3 x lams points, n_times records of n_chains chains at the widest
+        check_memory(f"CalibrationOptions.grid={self.grid}, lams x {len(lams)}, n_times={self.n_times}",
+                     8.0 * self.grid**3 * len(lams) * self.n_times, hint="use a smaller grid or fewer n_times")
+        for name in ("n_chains", "polish_chains", "predict_chains"):  # >= 16 bytes per chain
+            check_memory(f"CalibrationOptions.{name}={getattr(self, name)}", 16.0 * getattr(self, name))
 
 
 # ------------------------------------------------------------------------------------------

@@ -601,3 +601,22 @@ def test_diagram_spec_memory_guard(monkeypatch):
     with pytest.raises(ResourceError, match="DiagramSpec.n_chains=1000000000000"):
         DiagramSpec(n_chains=10**12)
     assert DiagramSpec(n_chains=16).n_chains == 16
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(seed=-1), "CalibrationOptions.seed"),
+    (dict(search_seed=2**64), "CalibrationOptions.search_seed"),
+    (dict(predict_chains=0), "CalibrationOptions.predict_chains"),
+    (dict(mu_range=("a", 1.0)), "CalibrationOptions.mu_range"),
+    (dict(eps_range=(0.1,)), "CalibrationOptions.eps_range"),
+    (dict(lams=(0.0, "x")), "CalibrationOptions.lams"),
+    (dict(grid=10**5), "CalibrationOptions.grid"),
+    (dict(n_chains=10**12), "CalibrationOptions.n_chains"),
+])
+def test_calibration_options_refuse(monkeypatch, kw, needle):
+    from phase_diagrams.calibration import CalibrationOptions
+
+    monkeypatch.setenv("SPRINGBLOCK_MEMORY_BUDGET", "1G")
+    with pytest.raises(InputError, match=needle.replace(".", r"\.")):
+        CalibrationOptions(**kw)
+    assert CalibrationOptions().grid == 13
