@@ -449,7 +449,10 @@ def _main(args) -> int:
     elif args.command == "sweep":
         report = jobs.sweep_and_simulate(store, got["spec"], simulate=not args.no_simulate, **_sweep_kw(args))
         print(report.line())
-        return 1 if report.failed else 0
+        if report.failed:
+            return _say(f"{report.failed} task(s) of sweep {got['spec'].name!r} failed (their errors are stored: "
+                        f"python -m phase_diagrams export --store {args.store} --out runs.csv); rerun the same "
+                        "command to retry them", 1)
     elif args.command == "status":
         table = jobs.status_table(store)
         print(table.to_string(index=False) if not table.empty else f"{args.store}: no sweeps")

