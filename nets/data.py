@@ -710,9 +710,13 @@ def _source_arrays(name: str, root, cache_dir, n_train, subset_seed, image_size)
     if name == "gaussian":
         side = image_size or 10
         n = n_train if n_train is not None else 2560
+        check_memory(f"gaussian data set: {n} + 2000 samples x image_size={side}**2 features",
+                     8.0 * (n + 2000) * side * side, hint="use a smaller --image-size or --n-train")
         return gaussian_mixture(n, 2000, dim=side * side, seed=subset_seed)
     if name == "teacher":
         n = n_train if n_train is not None else 2560
+        check_memory(f"teacher data set: n_train={n} + 2000 samples", 8.0 * (n + 2000) * 200,
+                     hint="use a smaller --n-train")
         return teacher_data(n, 2000, seed=subset_seed)
     if name == "npz":
         if root is None:

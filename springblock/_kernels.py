@@ -399,8 +399,8 @@ _second_order_group_injected = _make_second_order_group(_group_second_order_inje
 # that all of them can be cached: Numba's on-disk cache keys a function by its source location and
 # signature, not by the `parallel` flag. The four drivers release the GIL (`nogil=True`, which
 # changes no arithmetic) so that `python -m springblock simulate` can run them in a worker thread
-# and answer Ctrl-C within a fraction of a second (springblock.cli). Note also that the cache of a kernel is invalidated only
-# by edits to *this* file: after changing an inlined helper of springblock._rng, delete
+# and answer Ctrl-C within a fraction of a second (springblock.cli). Note also that the cache of
+# a kernel is invalidated only by edits to *this* file: after changing an inlined helper of springblock._rng, delete
 # springblock/__pycache__/*.nbi (the kernel-vs-reference tests fail on a stale cache).
 
 
