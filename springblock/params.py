@@ -168,7 +168,8 @@ class ChainParams:
             raise InputError(f"ChainParams.n_blocks={L!r}: must be an integer >= 1")
         object.__setattr__(self, "n_blocks", int(L))
         # validation builds about a dozen (L + 1,) float64 arrays; refuse absurd L before that
-        check_memory(f"ChainParams.n_blocks={L}", 12 * 8 * (L + 1), hint="use fewer blocks")
+        if L > 10**5:  # (small chains skip reading the budget: ChainParams are built by the thousand)
+            check_memory(f"ChainParams.n_blocks={L}", 12 * 8 * (L + 1), hint="use fewer blocks")
         o = self.order
         if isinstance(o, (bool, np.bool_)) or not isinstance(o, (int, np.integer)) or o not in (1, 2):
             raise InputError(f"ChainParams.order={o!r}: must be the integer 1 (overdamped) or 2 (Langevin)")
