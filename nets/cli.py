@@ -200,7 +200,10 @@ def load_factory(spec: str):
         module = importlib.util.module_from_spec(sp)
         sp.loader.exec_module(module)
     else:
-        module = importlib.import_module(mod_name)
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as err:
+            raise InputError(f"--model {spec}: cannot import {mod_name!r} ({err})") from None
     if not hasattr(module, attr):
         raise InputError(f"--model: {mod_name} has no attribute {attr!r}")
     return getattr(module, attr)
@@ -237,10 +240,16 @@ def _probe(args) -> int:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"--model {args.model} returned {type(model).__name__}, not a torch.nn.Module")
     if args.weights:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
+        if not os.path.isfile(args.weights):
+            raise InputError(f"--weights {args.weights}: no such file")
+        try:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            model.load_state_dict(state)
+        except Exception as err:  # a corrupt file, a foreign pickle, mismatched keys or shapes
+            raise InputError(f"--weights {args.weights}: not a state dict of this model "
+                             f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
     model.to(resolve_device(args.device))
     if args.npz:
         from nets.data import load_npz

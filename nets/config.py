@@ -79,7 +79,8 @@ class TrainConfig:
     Validated on construction: every field must have its annotated type exactly (an ``int`` for
     an int field, never a bool, a numeric string or a float; an int or float for a float field;
     ``True``/``False`` for a bool field; ``None`` only where the annotation allows it) and a
-    possible value; otherwise ``ValueError("TrainConfig.<field>=<value>: <why>")``. To read
+    possible value; otherwise ``InputError("TrainConfig.<field>=<value>: <why>")`` (a
+    ``ValueError``, :mod:`springblock.errors`); ints must be < 2**63 and floats finite. To read
     values from TOML, JSON or a command line use :func:`coerce_field`, :func:`parse_field` or
     :meth:`from_dict`.
     """

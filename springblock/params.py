@@ -139,11 +139,18 @@ class ChainParams:
     Use :func:`dataclasses.replace` (or :meth:`replace`) for variants; :meth:`grid` for a whole
     parameter grid.
 
+    Types are exact: a float field takes an int or float (or a sequence/array of them), never a
+    numeric string, a bool or None; ``n_blocks``, ``n_steps`` and ``order`` take ints only. Every
+    float field has magnitude <= :data:`MAGNITUDE_MAX` (1e20) and ``m >= 1e-20``, so no accepted
+    chain overflows float64 (see the comment at :data:`MAGNITUDE_MAX`).
+
     Raises
     ------
-    ValueError
-        naming the offending field and value (negative friction, negative noise, L < 1,
-        an unstable time step, an unknown noise mode, ...).
+    springblock.errors.InputError (a ValueError)
+        ``"ChainParams.<field>=<value>: <why>"`` (negative friction, negative noise, L < 1, a
+        numeric string, NaN, a value beyond 1e20, an unstable time step, an unknown noise mode, ...).
+    springblock.errors.ResourceError
+        for an ``n_blocks`` whose arrays exceed the memory budget.
     """
 
     n_blocks: int = 7  # L: blocks = hidden layers of the network
@@ -379,6 +386,9 @@ def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0,
         raise InputError(f"mesh_chain: rho must be a non-empty 1-D array, got shape {rho.shape}")
     if not np.all(np.isfinite(rho)) or np.any(rho <= 0) or abs(rho.sum() - 1.0) > 1e-6:
         raise InputError(f"mesh_chain: rho must be positive and sum to 1, got {rho.tolist()}")
+    for name, v in (("ltilde", ltilde), ("k_ref", k_ref), ("kappa", kappa), ("pin_fraction", pin_fraction)):
+        if not _is_number(v):
+            raise InputError(f"mesh_chain: {name}={v!r}: expected a real number, got {type(v).__name__}")
     for name, v, positive in (("ltilde", ltilde, True), ("k_ref", k_ref, True), ("kappa", kappa, False)):
         if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
             raise InputError(f"mesh_chain: {name} must be finite and {'> 0' if positive else '>= 0'}, got {v!r}")

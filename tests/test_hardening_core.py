@@ -570,3 +570,20 @@ def test_cc_10_ctrl_c_during_nets_train_one_line(tmp_path):
     assert rc == 130 and waited < 5.0, (rc, waited, err)
     assert _one_error_line(err).startswith("error: interrupted")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_nets_probe_bad_model_and_weights_one_line(tmp_path):
+    rc, _, err = _cli(nets_cli.main, ["probe", "--model", "no_such_module_xyz:make", "--dataset", "gaussian"])
+    assert rc == 2 and "no_such_module_xyz" in _one_error_line(err)
+    mod = tmp_path / "mymodel.py"
+    mod.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                   "torch.nn.Linear(100, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))\n")
+    junk = tmp_path / "w.pt"
+    junk.write_bytes(os.urandom(500))
+    rc, _, err = _cli(nets_cli.main, ["probe", "--model", f"{mod}:make", "--weights", str(junk),
+                                      "--dataset", "gaussian", "--n-train", "64", "--image-size", "10"])
+    assert rc == 2 and str(junk) in _one_error_line(err)
+    bad_npz = tmp_path / "bad.npz"
+    bad_npz.write_text("not a zip")
+    rc, _, err = _cli(nets_cli.main, ["probe", "--model", f"{mod}:make", "--npz", str(bad_npz)])
+    assert rc == 2 and str(bad_npz) in _one_error_line(err)
