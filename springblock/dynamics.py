@@ -200,6 +200,14 @@ def simulate(params, n_chains: int = 1000, seed: int = 0, *, record_every: int |
     Returns
     -------
     SimulationResult
+
+    Raises
+    ------
+    springblock.errors.InputError
+        a bad ``n_chains``, ``seed``, ``record_every``, ``x0``/``v0`` (naming it).
+    springblock.errors.ResourceError
+        before allocating, if seeds, states and trajectory (:func:`simulation_bytes`) would exceed
+        :func:`springblock.errors.memory_budget`; the message names the sizes.
     """
     if isinstance(n_chains, (bool, np.bool_)) or not isinstance(n_chains, (int, np.integer)) or n_chains < 1:
         raise InputError(f"n_chains={n_chains!r}: must be an integer >= 1")
