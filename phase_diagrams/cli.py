@@ -297,13 +297,12 @@ def _print_fit_table(fits) -> None:
 
 def _fit_curve_file(args) -> int:
     """``fit --curve FILE``: fit, print (or --json), optionally draw."""
-    import json
     from pathlib import Path
 
     import numpy as np
 
     from phase_diagrams.fitting import FitOptions, fit_curve, load_curve_file
-    from phase_diagrams.jobs import strict_json
+    from springblock.errors import strict_json
 
     try:
         epochs = [float(v) for v in args.epochs.split(",")] if args.epochs else None
@@ -325,7 +324,7 @@ def _fit_curve_file(args) -> int:
     res = fit_curve(data, probe_epochs=ep if target == "trajectory" else None, opts=opts)
     rec = dict(file=str(args.curve), **res.to_record())
     if args.json:
-        print(json.dumps(strict_json(rec), allow_nan=False))  # RFC 8259: NaN / inf as null
+        print(strict_json(rec))  # RFC 8259: NaN / inf as null
     else:
         print(f"{args.curve}: {target} fit of {data.shape[-1] - 1} layers ({res.uncertainty} intervals, "
               f"{res.wall_s:.1f} s)")

@@ -27,6 +27,7 @@ from phase_diagrams.runner import run_sweep
 from phase_diagrams.simulated import simulate_for_spec
 from phase_diagrams.spec import GridSpec, load_spec
 from phase_diagrams.store import ARRAY_COLUMNS, as_store
+from springblock.errors import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +165,14 @@ def export(store, path, *, sweep: str | None = None, simulated: bool = False) ->
         out = df.copy()
         for c in ARRAY_COLUMNS:
             if c in out.columns:
-                out[c] = out[c].map(lambda v: json.dumps(v))
+                out[c] = out[c].map(strict_json)  # JSON text in a cell, RFC 8259 too (NaN as null)
         out.to_csv(path, index=False)
     elif suffix == ".parquet":
         df.to_parquet(path, index=False)
     elif suffix in (".json", ".jsonl"):  # full float precision (pandas' to_json rounds to 15 digits)
         with open(path, "w") as fh:
             for rec in df.to_dict(orient="records"):
-                fh.write(json.dumps(strict_json(rec), allow_nan=False) + "\n")
+                fh.write(strict_json(rec) + "\n")
     else:
         raise ValueError(f"unknown export format {path.suffix!r}: use .csv, .parquet or .json")
     return path
@@ -185,7 +186,7 @@ def read_export(path) -> pd.DataFrame:
         df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         for c in ARRAY_COLUMNS:
             if c in df.columns:
-                df[c] = df[c].map(lambda s: json.loads(s) if isinstance(s, str) else s)
+                df[c] = df[c].map(lambda s: _nan_for_null(json.loads(s)) if isinstance(s, str) else s)
         return df
     if suffix == ".parquet":
         df = pd.read_parquet(path)
@@ -201,24 +202,6 @@ def read_export(path) -> pd.DataFrame:
                 df[c] = df[c].map(_nan_for_null)
         return df
     raise ValueError(f"unknown export format {path.suffix!r}: use .csv, .parquet or .json")
-
-
-def strict_json(v):
-    """``v`` with NumPy scalars and arrays as plain Python values and every non-finite float as
-    ``None``: what ``json.dumps(..., allow_nan=False)`` accepts (RFC 8259 has no NaN/Infinity)."""
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: strict_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [strict_json(x) for x in v]
-    if v is None or isinstance(v, (str, int, bool)):
-        return v
-    if v is pd.NaT:
-        return None
-    return str(v)
 
 
 def _nan_for_null(v):

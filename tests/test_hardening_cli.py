@@ -427,12 +427,19 @@ def test_export_json_is_strict_and_round_trips_nan(work):
         assert list(back[c]) == list(orig[c])
     good = back.loc[back["key"] != key]
     np.testing.assert_array_equal(np.stack(good["curve"]), np.stack(orig.loc[orig["key"] != key, "curve"]))
+    csv = work / "adir" / "nan.csv"  # the CSV's array cells are JSON text: strict as well
+    assert cli("export", "--store", store, "--out", csv)[0] == 0
+    assert "NaN" not in csv.read_text() and "Infinity" not in csv.read_text()
+    row = jobs.read_export(csv).set_index("key").loc[key]
+    assert row["curve"][0] == 1.0 and math.isnan(row["curve"][1]) and math.isnan(row["curve"][2])
 
 
 def test_strict_json_helper():
     rec = dict(a=float("nan"), b=[1.0, float("-inf")], c=np.float64("nan"), d=np.array([np.inf, 2.0]),
                e={"x": np.int64(3)}, f=None, g="s", h=True)
-    text = json.dumps(jobs.strict_json(rec), allow_nan=False)
+    from springblock.errors import strict_json
+
+    text = strict_json(rec)  # the helper export and fit --curve --json write with
     assert _strict_loads(text) == dict(a=None, b=[1.0, None], c=None, d=[None, 2.0], e={"x": 3}, f=None,
                                        g="s", h=True)
 
