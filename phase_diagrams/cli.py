@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 
@@ -349,6 +350,12 @@ def main(argv=None) -> int:
                                 cache_dir=args.data, **over)
             _print_summary(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
             print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
+    except KeyboardInterrupt as err:  # SIGINT / SIGTERM: a sweep has reaped its workers and released its claims
+        rep = getattr(err, "report", None)
+        stored = f"{rep.stored} of {rep.total} tasks stored in {rep.store}; " if rep is not None else ""
+        cmd = shlex.join(["python", "-m", "phase_diagrams", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted: {stored}resume with: {cmd}", file=sys.stderr)
+        return 128 + getattr(err, "signum", 2)
     except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
