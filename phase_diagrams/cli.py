@@ -352,9 +352,9 @@ def main(argv=None) -> int:
             print(f"wrote the {args.study} study to {args.out}/ in {time.perf_counter() - t0:.0f} s")
     except KeyboardInterrupt as err:  # SIGINT / SIGTERM: a sweep has reaped its workers and released its claims
         rep = getattr(err, "report", None)
-        stored = f"{rep.stored} of {rep.total} tasks stored in {rep.store}; " if rep is not None else ""
         cmd = shlex.join(["python", "-m", "phase_diagrams", *(sys.argv[1:] if argv is None else argv)])
-        print(f"interrupted: {stored}resume with: {cmd}", file=sys.stderr)
+        print(f"interrupted: {rep.stored} of {rep.total} tasks stored in {rep.store}; resume with: {cmd}"
+              if rep is not None else f"interrupted; run again with: {cmd}", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)
     except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

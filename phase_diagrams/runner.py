@@ -93,6 +93,8 @@ class SweepInterrupted(KeyboardInterrupt):
 class _SigTerm(KeyboardInterrupt):
     """SIGTERM, raised in the main thread while :func:`run_sweep` runs."""
 
+    signum = int(signal.SIGTERM)
+
 
 def run_unit(configs: list[dict], data_dir: str | None = None, threads: int = 1) -> list[dict]:
     """Train the configs of one work unit; return one record per config, in order.
