@@ -322,6 +322,8 @@ def run_sweep(store, spec, *, backend: str = "joblib", workers: int | None = Non
     """
     from nets.data import default_cache_dir
 
+    if not isinstance(store, (str, os.PathLike)):
+        store = as_store(store)  # a Store, or a TypeError for anything else (a path is opened below)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if scheduler and backend != "dask":

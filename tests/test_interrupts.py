@@ -148,6 +148,7 @@ def test_disk_full_stops_with_one_error_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match=rf"store {store.path} could not be written: the disk is full"):
         run_sweep(store, spec, backend="serial", progress=False)
     monkeypatch.setattr(Store, "write_result", real)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the sweep's SIGTERM handler is gone
     assert set(store.runs("tiny")["key"]) == set(writes) and store.live_claims() == set()
     rep = run_sweep(store, spec, backend="serial", progress=False)
     assert (rep.already_done, rep.ran, rep.stored) == (2, 1, 3) and store.integrity_check() == "ok"
