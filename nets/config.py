@@ -21,6 +21,10 @@ import numpy as np
 
 from nets.data import DATASET_ALIASES, DATASETS, SUBSETS
 from nets.mesh import STEP_SCHEMES, step_sizes
+from springblock.errors import InputError
+
+#: Every int field must fit a signed 64-bit integer (the SQLite INTEGER of the store, torch's seeds).
+INT_MAX = 2**63 - 1
 
 __all__ = [
     "TrainConfig",
@@ -75,7 +79,8 @@ class TrainConfig:
     Validated on construction: every field must have its annotated type exactly (an ``int`` for
     an int field, never a bool, a numeric string or a float; an int or float for a float field;
     ``True``/``False`` for a bool field; ``None`` only where the annotation allows it) and a
-    possible value; otherwise ``ValueError("TrainConfig.<field>=<value>: <why>")``. To read
+    possible value; otherwise ``InputError("TrainConfig.<field>=<value>: <why>")`` (a
+    ``ValueError``, :mod:`springblock.errors`); ints must be < 2**63 and floats finite. To read
     values from TOML, JSON or a command line use :func:`coerce_field`, :func:`parse_field` or
     :meth:`from_dict`.
     """
@@ -124,12 +129,16 @@ class TrainConfig:
 
     def __post_init__(self):
         def bad(name, why):
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+            raise InputError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
 
         for name, (base, optional) in _FIELD_TYPES.items():
             v = getattr(self, name)
             if not ((optional and v is None) or _TYPE_CHECKS[base](v)):
                 bad(name, f"expected {base.__name__}{' or None' if optional else ''}, got {type(v).__name__}")
+            if base is int and v is not None and v > INT_MAX:
+                bad(name, "must be < 2**63 (a 64-bit integer: store keys, seeds)")
+            if base is float and not math.isfinite(v):
+                bad(name, "must be finite")
         if self.dataset.lower() not in DATASET_ALIASES and not self.dataset.endswith(".npz"):
             bad("dataset", f"unknown; choose one of {DATASETS} or a .npz path")
         for name, lo in (("depth", 1), ("width", 1), ("epochs", 1), ("probe_every", 0),
@@ -233,12 +242,12 @@ def coerce_field(name: str, value, *, where: str | None = None):
     """
     where = f"TrainConfig.{name}" if where is None else where
     if name not in _FIELD_TYPES:
-        raise ValueError(f"{where}: unknown TrainConfig field {name!r}")
+        raise InputError(f"{where}: unknown TrainConfig field {name!r}")
     base, optional = _FIELD_TYPES[name]
     if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
         return None
     if not _TYPE_CHECKS[base](value):
-        raise ValueError(f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+        raise InputError(f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}")
     return float(value) if base is float else value
 
 
@@ -251,7 +260,7 @@ def parse_field(name: str, text: str, *, where: str | None = None):
     """
     where = f"--{name.replace('_', '-')}" if where is None else where
     if name not in _FIELD_TYPES:
-        raise ValueError(f"{where}: unknown TrainConfig field {name!r}")
+        raise InputError(f"{where}: unknown TrainConfig field {name!r}")
     base, optional = _FIELD_TYPES[name]
     t = text.strip()
     if optional and t.lower() in ("none", "null", ""):
@@ -263,7 +272,7 @@ def parse_field(name: str, text: str, *, where: str | None = None):
         else:
             value = base(t)
     except (KeyError, ValueError):
-        raise ValueError(f"{where}: cannot read {text!r} as {base.__name__}") from None
+        raise InputError(f"{where}: cannot read {text!r} as {base.__name__}") from None
     return coerce_field(name, value, where=where)
 
 
@@ -277,9 +286,9 @@ def config_grid(base: TrainConfig | None = None, **axes) -> list[TrainConfig]:
     names = list(axes)
     for name in names:
         if name not in _FIELD_TYPES:
-            raise ValueError(f"config_grid: unknown TrainConfig field {name!r}")
+            raise InputError(f"config_grid: unknown TrainConfig field {name!r}")
         if not isinstance(axes[name], (list, tuple)) or not axes[name]:
-            raise ValueError(f"config_grid: {name} needs a non-empty list of values")
+            raise InputError(f"config_grid: {name} needs a non-empty list of values")
     return [base.replace(**dict(zip(names, combo, strict=True)))
             for combo in itertools.product(*(axes[n] for n in names))]
 

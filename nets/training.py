@@ -79,6 +79,7 @@ from nets.models import build_ensemble, build_model
 from nets.noise import epoch_batches, noisy_batch, sgld_scale, stream_seeds
 from nets.optim import StackedOptimizer
 from nets.resnet import EnsembleLeakyResNet, LeakyResNet, relative_speeds
+from springblock.errors import check_memory
 
 __all__ = ["train", "train_ensemble", "resolve_device"]
 
@@ -188,6 +189,30 @@ def data_tensors(ds: Dataset, cfg: TrainConfig, dev, dtype):
     if ds.task == "regression":  # labels are only used by log D, which regression data lacks
         return x, y, xt, yt, xp, None, bs
     return x, y, xt, yt, xp, np.asarray(yp, dtype=np.int64), bs
+
+
+def training_bytes(cfg: TrainConfig, ds: Dataset, members: int = 1) -> float:
+    """A rough upper estimate of the memory one (ensemble) run allocates, in bytes: per member
+    the weights with their gradient and two Adam moments (4 copies), the activations of one batch
+    and the probe features ``(n_probe, p)`` of every layer — from the configuration alone."""
+    item = 8 if cfg.dtype == "float64" else 4
+    w, L = cfg.width, cfg.depth
+    spatial = int(np.prod(ds.input_shape[1:])) if cfg.model == "cnn" and len(ds.input_shape) > 1 else 1
+    per_unit = 9 if cfg.model == "cnn" else 1  # 3x3 kernels
+    weights = ds.input_dim * w + L * w * w * per_unit + w * spatial * ds.n_classes
+    n = len(ds.y_train)
+    n_probe = n if cfg.probe_on == "train" else len(ds.y_test)
+    batch = cfg.batch_size or n
+    features = (L + 1) * w * spatial
+    return float(item) * members * (4 * weights + 2 * batch * features + n_probe * features)
+
+
+def check_training_memory(cfgs, ds: Dataset) -> None:
+    """``ResourceError`` naming width/depth/members if :func:`training_bytes` exceeds the budget."""
+    ref = cfgs[0]
+    check_memory(f"width={ref.width}, depth={ref.depth}, model={ref.model}, {len(cfgs)} member(s), "
+                 f"{len(ds.y_train)} training samples", training_bytes(ref, ds, len(cfgs)),
+                 hint="use a smaller --width/--depth, fewer members (--max-members) or fewer samples")
 
 
 def make_model(cfg: TrainConfig, ds: Dataset, init_seed: int, dev, dtype) -> torch.nn.Module:
@@ -302,6 +327,7 @@ def _train_group(cfgs: list[TrainConfig], dataset, cache_dir) -> list[History]:
     """Train configs that share :func:`ensemble_key` as one stacked model."""
     ref = cfgs[0]
     ds = load_data(ref, dataset, cache_dir)
+    check_training_memory(cfgs, ds)
     dev, dtype = resolve_device(ref.device), _dtype(ref.dtype)
     k = ds.n_classes
     e_count = len(cfgs)

@@ -397,12 +397,14 @@ _second_order_group_injected = _make_second_order_group(_group_second_order_inje
 
 # Each driver is its own function (not one source compiled twice with and without `parallel`) so
 # that all of them can be cached: Numba's on-disk cache keys a function by its source location and
-# signature, not by the `parallel` flag. Note also that the cache of a kernel is invalidated only
-# by edits to *this* file: after changing an inlined helper of springblock._rng, delete
+# signature, not by the `parallel` flag. The four drivers release the GIL (`nogil=True`, which
+# changes no arithmetic) so that `python -m springblock simulate` can run them in a worker thread
+# and answer Ctrl-C within a fraction of a second (springblock.cli). Note also that the cache of
+# a kernel is invalidated only by edits to *this* file: after changing an inlined helper of springblock._rng, delete
 # springblock/__pycache__/*.nbi (the kernel-vs-reference tests fail on a stale cache).
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def first_order(x, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, eta, y, shared, n_steps,
                 record_every, zt, zk, zf, zr):
     """Overdamped chains, groups of LANES chains in parallel.
@@ -420,7 +422,7 @@ def first_order(x, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps,
                            eta, y, shared, n_steps, record_every, zt, zk, zf, zr)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def first_order_serial(x, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, eta, y, shared, n_steps,
                        record_every, zt, zk, zf, zr):
     """:func:`first_order` on the calling thread only (results are identical)."""
@@ -443,7 +445,7 @@ def first_order_injected(x, traj, xi, n_chains, k, muf, mub, kappa, pin_position
                                     lam, eta, y, shared, n_steps, record_every, zt, zk, zf, zr)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def second_order(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, dt, y, shared, inv_m,
                  gamma_m, n_steps, record_every, zt, zk, zf, zr):
     """Langevin chains, semi-implicit Euler with implicit (set-valued) Coulomb friction.
@@ -468,7 +470,7 @@ def second_order(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, 
                             dt, y, shared, inv_m, gamma_m, n_steps, record_every, zt, zk, zf, zr)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def second_order_serial(x, v, traj, seeds, n_chains, k, muf, mub, kappa, pin_position, eps, lam, dt, y, shared, inv_m,
                         gamma_m, n_steps, record_every, zt, zk, zf, zr):
     """:func:`second_order` on the calling thread only (results are identical)."""

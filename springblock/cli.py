@@ -3,27 +3,36 @@
     python -m springblock simulate                      # original first-order run, ~1 s
     python -m springblock simulate --order 2 --json     # original Langevin notebook values
     python -m springblock simulate --mu-backward 0.2 --eps 0.2 --chains 2000
+
+Errors (a bad value, a size beyond the memory budget) print one line ``error: ...`` and exit 2;
+Ctrl-C stops the run within a fraction of a second with exit status 130; ``-v`` (or
+``SPRINGBLOCK_TRACEBACK=1``) adds the traceback. ``--json`` is strict RFC 8259 JSON (null for a
+non-finite number).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 
 from springblock.dynamics import simulate
+from springblock.errors import InputError, OneLineParser, run_cli, run_interruptible, strict_json
 from springblock.observables import elongations
 from springblock.params import NOISE_MODES, ChainParams
 
 
 def _floats(text):
-    vals = [float(v) for v in text.split(",")]
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
     return vals[0] if len(vals) == 1 else vals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m springblock", description=__doc__,
+    ap = OneLineParser(prog="python -m springblock", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("simulate", help="simulate one parameter point and print the load curve")
@@ -45,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chains", type=int, default=1000, help="ensemble size (default 1000)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("-v", "--verbose", action="count", default=0, help="show the traceback of an error")
     return ap
 
 
@@ -79,14 +89,31 @@ def simulate_summary(params: ChainParams, n_chains: int = 1000, seed: int = 0) -
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        params = params_from_args(args)
-        out = simulate_summary(params, args.chains, args.seed)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    status = run_cli(lambda: _simulate(args), verbose=args.verbose)
+    if status == 130 and threading_active():
+        # the kernel still runs in its worker thread: leave now instead of waiting for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return status
+
+
+def threading_active() -> bool:
+    import threading
+
+    return any(t.name == "springblock-work" and t.is_alive() for t in threading.enumerate())
+
+
+def _simulate(args) -> int:
+    for name in ("chains", "seed"):
+        v = getattr(args, name)
+        if v < (1 if name == "chains" else 0) or v >= 2**63:
+            raise InputError(f"--{name} {v}: must be an integer in [{1 if name == 'chains' else 0}, 2**63)")
+    params = params_from_args(args)
+    # the kernel runs in a worker thread (it releases the GIL) so that Ctrl-C answers at once
+    out = run_interruptible(simulate_summary, params, args.chains, args.seed)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(strict_json(out, indent=2))
         return 0
     p = out["params"]
     print(f"order {p['order']}  L={p['n_blocks']}  k={p['k']}  mu->={p['mu_forward']}  mu<-={p['mu_backward']}  "

@@ -25,6 +25,7 @@ import numpy as np
 
 from springblock import _kernels
 from springblock._rng import ZIGGURAT, fill_normals
+from springblock.errors import InputError, check_memory
 from springblock.observables import (
     REGIME_TOL,
     chain_energy,
@@ -47,7 +48,9 @@ def chain_seeds(seed: int, n_chains: int, n_points: int = 1, common: bool = True
     point gets the same ``n_chains`` words (common random numbers), otherwise all words differ.
     """
     if n_chains < 1:
-        raise ValueError(f"n_chains must be >= 1, got {n_chains!r}")
+        raise InputError(f"n_chains={n_chains!r}: must be >= 1")
+    check_memory(f"chain_seeds: n_points={n_points} x n_chains={n_chains}", 16 * n_points * n_chains,
+                 hint="use fewer chains or points")
     seed = _check_seed(seed)
     ss = np.random.SeedSequence(seed)
     if common:
@@ -58,7 +61,7 @@ def chain_seeds(seed: int, n_chains: int, n_points: int = 1, common: bool = True
 
 def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed={seed!r}: must be a non-negative integer")
     return int(seed)
 
 
@@ -77,7 +80,7 @@ def _stack_params(points) -> dict:
     """Per-point parameter arrays for the kernels from a flat sequence of :class:`ChainParams`."""
     points = list(points)
     if not points:
-        raise ValueError("no parameter points given")
+        raise InputError("no parameter points given")
     for p in points:
         if not isinstance(p, ChainParams):
             raise TypeError(f"expected ChainParams, got {type(p).__name__}")
@@ -85,7 +88,7 @@ def _stack_params(points) -> dict:
     for name in ("n_blocks", "order", "n_steps"):
         vals = sorted({getattr(p, name) for p in points})
         if len(vals) > 1:
-            raise ValueError(f"all points of one call must share {name}; got {vals}")
+            raise InputError(f"all points of one call must share {name}; got {vals}")
     return dict(
         k=np.stack([p.k_array for p in points]),
         muf=np.stack([p.mu_forward_array for p in points]),
@@ -155,7 +158,7 @@ class SimulationResult:
     def trajectory_curve(self) -> np.ndarray:
         """Ensemble-mean load curve at each recorded step: ``grid_shape + (R, L+1)``."""
         if self.traj is None:
-            raise ValueError("no trajectory recorded: call simulate(..., record_every=r)")
+            raise InputError("no trajectory recorded: call simulate(..., record_every=r)")
         return load_curve(self.traj.mean(axis=-3), self.y[..., None])
 
     def energy(self) -> np.ndarray:
@@ -197,10 +200,21 @@ def simulate(params, n_chains: int = 1000, seed: int = 0, *, record_every: int |
     Returns
     -------
     SimulationResult
+
+    Raises
+    ------
+    springblock.errors.InputError
+        a bad ``n_chains``, ``seed``, ``record_every``, ``x0``/``v0`` (naming it).
+    springblock.errors.ResourceError
+        before allocating, if seeds, states and trajectory (:func:`simulation_bytes`) would exceed
+        :func:`springblock.errors.memory_budget`; the message names the sizes.
     """
-    if isinstance(n_chains, bool) or not isinstance(n_chains, (int, np.integer)) or n_chains < 1:
-        raise ValueError(f"n_chains must be an integer >= 1, got {n_chains!r}")
+    if isinstance(n_chains, (bool, np.bool_)) or not isinstance(n_chains, (int, np.integer)) or n_chains < 1:
+        raise InputError(f"n_chains={n_chains!r}: must be an integer >= 1")
     grid = _as_grid(params)
+    first = _stack_params(grid.reshape(-1)[:1])
+    _check_allocation(grid.size, int(n_chains), first["n_blocks"], first["n_steps"], first["order"],
+                      _check_record_every(record_every), x0 is not None, v0 is not None)
     seeds = chain_seeds(seed, int(n_chains), grid.size, common_random_numbers).reshape(-1)
     return _run(grid, int(n_chains), seeds, None, record_every, x0, v0, parallel)
 
@@ -220,10 +234,38 @@ def _simulate_normals(params: ChainParams, normals, *, record_every: int | None 
     per_step = 0 if params.eps == 0.0 else (1 if params.noise_mode == "shared" else params.n_blocks)
     need = params.n_steps * per_step
     if xi.ndim != 2 or xi.shape[1] < need or not np.all(np.isfinite(xi[:, :need])):
-        raise ValueError(f"normals must be finite, of shape (n_chains, >= {need}), got {xi.shape}")
+        raise InputError(f"normals must be finite, of shape (n_chains, >= {need}), got {xi.shape}")
     xi = np.ascontiguousarray(xi)
     grid = _as_grid(params)
     return _run(grid, xi.shape[0], np.zeros(xi.shape[0], dtype=np.uint64), xi, record_every, x0, v0, False)
+
+
+def _check_record_every(record_every):
+    if record_every is None:
+        return None
+    if isinstance(record_every, (bool, np.bool_)) or not isinstance(record_every, (int, np.integer)) \
+            or record_every < 1:
+        raise InputError(f"record_every={record_every!r}: must be an integer >= 1 (or None)")
+    return int(record_every)
+
+
+def simulation_bytes(n_points: int, n_chains: int, n_blocks: int, n_steps: int, order: int = 1,
+                     record_every: int | None = None, x0: bool = False, v0: bool = False) -> int:
+    """Bytes :func:`simulate` allocates: seed words (and SeedSequence's pool of the same size),
+    positions (and velocities) ``(P C, L)``, the broadcast copies of ``x0``/``v0``, and the
+    trajectory ``(P C, R, L)`` with ``R = n_steps // record_every + 1`` records — all float64."""
+    pc = n_points * n_chains
+    records = 0 if record_every is None else n_steps // record_every + 1
+    states = (1 + (order == 2)) * (1 + 0.5 * (x0 or v0))  # x, v; + copies of x0/v0 (rough)
+    return int(8 * pc * (2 + n_blocks * (states + records)))
+
+
+def _check_allocation(P, C, L, n_steps, order, record_every, x0=False, v0=False):
+    """``ResourceError`` naming the sizes if the allocation exceeds the memory budget."""
+    nbytes = simulation_bytes(P, C, L, n_steps, order, record_every, x0, v0)
+    rec = "" if record_every is None else f" x {n_steps // record_every + 1} records (record_every={record_every})"
+    check_memory(f"simulate: {P} point(s) x n_chains={C} x n_blocks={L}{rec}", nbytes,
+                 hint="use fewer chains or points" + (", or a larger record_every" if rec else ""))
 
 
 def _as_grid(params) -> np.ndarray:
@@ -233,7 +275,7 @@ def _as_grid(params) -> np.ndarray:
         return grid
     grid = np.asarray(params, dtype=object)
     if grid.size == 0:
-        raise ValueError("params is empty")
+        raise InputError("params is empty")
     return grid
 
 
@@ -244,14 +286,14 @@ def _run(grid, C, seeds, normals, record_every, x0, v0, parallel) -> SimulationR
     flat = list(grid.reshape(-1))
     a = _stack_params(flat)
     P, L, n_steps = len(flat), a["n_blocks"], a["n_steps"]
+    record_every = _check_record_every(record_every)
+    _check_allocation(P, C, L, n_steps, a["order"], record_every, x0 is not None, v0 is not None)
     if record_every is not None:
-        if isinstance(record_every, bool) or not isinstance(record_every, (int, np.integer)) or record_every < 1:
-            raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
         steps = np.arange(0, n_steps + 1, int(record_every))
     else:
         steps = np.zeros(0, dtype=np.int64)
     if v0 is not None and a["order"] == 1:
-        raise ValueError("v0 was given, but first-order (order=1, overdamped) chains have no velocity; "
+        raise InputError("v0 was given, but first-order (order=1, overdamped) chains have no velocity; "
                          "pass v0 only with order=2")
 
     def initial(val, name):
@@ -261,9 +303,9 @@ def _run(grid, C, seeds, normals, record_every, x0, v0, parallel) -> SimulationR
         try:
             arr = np.broadcast_to(arr, shape + (C, L))
         except ValueError:
-            raise ValueError(f"{name} with shape {arr.shape} does not broadcast to {shape + (C, L)}") from None
+            raise InputError(f"{name} with shape {arr.shape} does not broadcast to {shape + (C, L)}") from None
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains non-finite values")
+            raise InputError(f"{name} contains non-finite values")
         return np.array(arr.reshape(P * C, L), dtype=np.float64, order="C")  # a writable copy
 
     x = initial(x0, "x0")

@@ -50,7 +50,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChainParams", "NOISE_MODES", "EPS_FLOOR", "EPS_CEIL", "mesh_chain"]
+from springblock.errors import InputError, check_memory
+
+__all__ = ["ChainParams", "NOISE_MODES", "EPS_FLOOR", "EPS_CEIL", "MAGNITUDE_MAX", "N_STEPS_MAX", "mesh_chain"]
 
 NOISE_MODES = ("independent", "shared")
 #: eps(t) below EPS_FLOOR (2^-920, about 1.4e-277) counts as 0 in the kernels and the reference,
@@ -59,31 +61,73 @@ NOISE_MODES = ("independent", "shared")
 #: (:func:`springblock._rng.draw_lane_scaled`).
 EPS_FLOOR = 2.0 ** -920
 EPS_CEIL = 1e250
+#: Largest magnitude of any float field (k, mu, kappa, pin_position, eps, lam, eta, y, m, gamma),
+#: and 1 / MAGNITUDE_MAX the smallest mass m. Why 1e20: one update multiplies at most four such
+#: factors (e.g. dt/m * k * y, dt * eps * xi / m with |xi| < 40 from the ziggurat), so a step moves a
+#: block by < 40 * 1e80; over N_STEPS_MAX = 1e15 steps a block stays below ~1e97 even as a free
+#: random walk (the springs only pull back), the summaries square such numbers (< 1e194) and sum
+#: them over chains and blocks (< 1e19 terms): < 1e213, far below the float64 limit 1.8e308. The
+#: bound excludes no physics: values beyond 1e20 in units where the defaults are O(1) only
+#: overflow (eps=1e200 and y=1e308 gave inf/NaN summaries before it).
+MAGNITUDE_MAX = 1e20
+#: Most time steps of one simulation (a float64 step count t = step * eta stays exact below 2^53).
+N_STEPS_MAX = 10**15
 
 ArrayLike = float | tuple
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _as_float_array(name, value):
+    """``value`` as a float64 array if it is a real number or a sequence/array of them — never a
+    numeric string, a bool or None (``InputError`` naming the field otherwise)."""
+    if isinstance(value, np.ndarray):
+        ok = value.dtype.kind in "iuf"
+        items = value
+    elif isinstance(value, (list, tuple)):
+        items = value
+        ok = all(_is_number(v) or (isinstance(v, np.ndarray) and v.dtype.kind in "iuf") for v in value)
+    else:
+        items = None
+        ok = _is_number(value)
+    if not ok:
+        bad = value if items is None or isinstance(value, np.ndarray) else next(
+            (v for v in items if not _is_number(v)), value)
+        what = f"array of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(bad).__name__
+        raise InputError(f"ChainParams.{name}={bad!r}: expected a real number (int or float) or a sequence "
+                         f"of them, got {what}")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged lists, ints beyond float64
+        raise InputError(f"ChainParams.{name}={value!r}: not a number or 1-D array of numbers ({e})") from None
+
+
 def _per(name, value, n, *, positive=False, nonneg=False):
     """Normalise a scalar-or-array field: a float, or a tuple of n floats. Raise naming the field."""
-    arr = np.asarray(value, dtype=np.float64)
+    arr = _as_float_array(name, value)
     if arr.ndim == 0:
         vals = [float(arr)]
         out = float(arr)
     elif arr.ndim == 1:
         if arr.shape[0] != n:
-            raise ValueError(f"ChainParams.{name} must be a scalar or have {n} entries, got {arr.shape[0]}")
+            raise InputError(f"ChainParams.{name} must be a scalar or have {n} entries, got {arr.shape[0]}")
         vals = arr.tolist()
         out = tuple(vals)
     else:
-        raise ValueError(f"ChainParams.{name} must be a scalar or 1-D, got shape {arr.shape}")
+        raise InputError(f"ChainParams.{name} must be a scalar or 1-D, got shape {arr.shape}")
     for i, v in enumerate(vals):
         where = "" if arr.ndim == 0 else f"[{i}]"
         if not math.isfinite(v):
-            raise ValueError(f"ChainParams.{name}{where} must be finite, got {v!r}")
+            raise InputError(f"ChainParams.{name}{where}={v!r}: must be finite")
+        if abs(v) > MAGNITUDE_MAX:
+            raise InputError(f"ChainParams.{name}{where}={v!r}: magnitude above {MAGNITUDE_MAX:g} "
+                             "(the simulation would overflow float64; see springblock.params.MAGNITUDE_MAX)")
         if positive and v <= 0:
-            raise ValueError(f"ChainParams.{name}{where} must be > 0, got {v!r}")
+            raise InputError(f"ChainParams.{name}{where}={v!r}: must be > 0")
         if nonneg and v < 0:
-            raise ValueError(f"ChainParams.{name}{where} must be >= 0, got {v!r}")
+            raise InputError(f"ChainParams.{name}{where}={v!r}: must be >= 0")
     return out
 
 
@@ -95,11 +139,18 @@ class ChainParams:
     Use :func:`dataclasses.replace` (or :meth:`replace`) for variants; :meth:`grid` for a whole
     parameter grid.
 
+    Types are exact: a float field takes an int or float (or a sequence/array of them), never a
+    numeric string, a bool or None; ``n_blocks``, ``n_steps`` and ``order`` take ints only. Every
+    float field has magnitude <= :data:`MAGNITUDE_MAX` (1e20) and ``m >= 1e-20``, so no accepted
+    chain overflows float64 (see the comment at :data:`MAGNITUDE_MAX`).
+
     Raises
     ------
-    ValueError
-        naming the offending field and value (negative friction, negative noise, L < 1,
-        an unstable time step, an unknown noise mode, ...).
+    springblock.errors.InputError (a ValueError)
+        ``"ChainParams.<field>=<value>: <why>"`` (negative friction, negative noise, L < 1, a
+        numeric string, NaN, a value beyond 1e20, an unstable time step, an unknown noise mode, ...).
+    springblock.errors.ResourceError
+        for an ``n_blocks`` whose arrays exceed the memory budget.
     """
 
     n_blocks: int = 7  # L: blocks = hidden layers of the network
@@ -120,17 +171,22 @@ class ChainParams:
 
     def __post_init__(self):
         L = self.n_blocks
-        if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1:
-            raise ValueError(f"ChainParams.n_blocks must be an integer >= 1, got {L!r}")
+        if isinstance(L, (bool, np.bool_)) or not isinstance(L, (int, np.integer)) or L < 1:
+            raise InputError(f"ChainParams.n_blocks={L!r}: must be an integer >= 1")
         object.__setattr__(self, "n_blocks", int(L))
-        if self.order not in (1, 2):
-            raise ValueError(f"ChainParams.order must be 1 (overdamped) or 2 (Langevin), got {self.order!r}")
+        # validation builds about a dozen (L + 1,) float64 arrays; refuse absurd L before that
+        if L > 10**5:  # (small chains skip reading the budget: ChainParams are built by the thousand)
+            check_memory(f"ChainParams.n_blocks={L}", 12 * 8 * (L + 1), hint="use fewer blocks")
+        o = self.order
+        if isinstance(o, (bool, np.bool_)) or not isinstance(o, (int, np.integer)) or o not in (1, 2):
+            raise InputError(f"ChainParams.order={o!r}: must be the integer 1 (overdamped) or 2 (Langevin)")
+        object.__setattr__(self, "order", int(o))
         n = self.n_steps
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"ChainParams.n_steps must be an integer >= 1, got {n!r}")
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= N_STEPS_MAX:
+            raise InputError(f"ChainParams.n_steps={n!r}: must be an integer in [1, {N_STEPS_MAX:.0e}]")
         object.__setattr__(self, "n_steps", int(n))
-        if self.noise_mode not in NOISE_MODES:
-            raise ValueError(f"ChainParams.noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
+        if not isinstance(self.noise_mode, str) or self.noise_mode not in NOISE_MODES:
+            raise InputError(f"ChainParams.noise_mode={self.noise_mode!r}: must be one of {NOISE_MODES}")
         set_ = lambda f, v: object.__setattr__(self, f, v)  # noqa: E731
         set_("k", _per("k", self.k, L + 1, positive=True))
         set_("mu_forward", _per("mu_forward", self.mu_forward, L, nonneg=True))
@@ -140,11 +196,15 @@ class ChainParams:
         for name, kw in (("eps", {"nonneg": True}), ("lam", {"nonneg": True}), ("eta", {"positive": True}),
                          ("y", {}), ("m", {"positive": True}), ("gamma", {"nonneg": True})):
             v = getattr(self, name)
-            if np.ndim(v) != 0:
-                raise ValueError(f"ChainParams.{name} must be a scalar, got {v!r}")
+            if not _is_number(v) and not (isinstance(v, np.ndarray) and v.ndim == 0):
+                _as_float_array(name, v)  # raises for strings, bools, None
+                raise InputError(f"ChainParams.{name}={v!r}: must be a scalar")
             set_(name, _per(name, v, 1, **kw))
+        if self.m < 1.0 / MAGNITUDE_MAX:
+            raise InputError(f"ChainParams.m={self.m!r}: must be >= {1.0 / MAGNITUDE_MAX:g} (1/m multiplies every "
+                             "force; see springblock.params.MAGNITUDE_MAX)")
         if self.eps > EPS_CEIL:
-            raise ValueError(f"ChainParams.eps must be <= {EPS_CEIL:g}, got {self.eps!r}")
+            raise InputError(f"ChainParams.eps={self.eps!r}: must be <= {EPS_CEIL:g}")
         self._check_stability()
 
     # ------------------------------------------------------------------ arrays
@@ -205,7 +265,7 @@ class ChainParams:
         if self.order == 1:
             r = self.eta * lam_g
             if r >= 2.0:
-                raise ValueError(
+                raise InputError(
                     f"ChainParams.eta={self.eta!r} is unstable for the overdamped update: "
                     f"eta * max_i(2(k_i + k_(i+1)) + kappa_i) = {r:.4g} >= 2 (for uniform k: need eta * k < 1/2)"
                 )
@@ -219,12 +279,12 @@ class ChainParams:
         else:
             r = self.eta**2 * lam_g / self.m
             if r >= 4.0:
-                raise ValueError(
+                raise InputError(
                     f"ChainParams.eta={self.eta!r} (dt) is unstable for the Langevin integrator: "
                     f"dt^2 * lambda_G / m = {r:.4g} >= 4"
                 )
             if self.eta * self.gamma / self.m >= 2.0:
-                raise ValueError(
+                raise InputError(
                     f"ChainParams.eta={self.eta!r} (dt) is unstable for the damping: "
                     f"dt * gamma / m = {self.eta * self.gamma / self.m:.4g} >= 2"
                 )
@@ -245,7 +305,7 @@ class ChainParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown ChainParams field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown ChainParams field(s): {', '.join(unknown)}")
         return cls(**d)
 
     @property
@@ -270,12 +330,12 @@ class ChainParams:
         ``(len(mu_forward), len(eps))``, axes in keyword order.
         """
         if not axes:
-            raise ValueError("ChainParams.grid needs at least one axis, e.g. eps=[0.01, 0.1]")
+            raise InputError("ChainParams.grid needs at least one axis, e.g. eps=[0.01, 0.1]")
         names = list(axes)
         values = [list(np.atleast_1d(np.asarray(axes[n], dtype=object))) for n in names]
         for n, v in zip(names, values, strict=True):
             if len(v) == 0:
-                raise ValueError(f"ChainParams.grid axis {n!r} is empty")
+                raise InputError(f"ChainParams.grid axis {n!r} is empty")
         shape = tuple(len(v) for v in values)
         out = np.empty(shape, dtype=object)
         for idx in np.ndindex(*shape):
@@ -323,17 +383,20 @@ def mesh_chain(rho, ltilde: float, *, k_ref: float = 1.0, kappa: float = 1.0,
     """
     rho = np.asarray(rho, dtype=np.float64)
     if rho.ndim != 1 or rho.size < 1:
-        raise ValueError(f"mesh_chain: rho must be a non-empty 1-D array, got shape {rho.shape}")
+        raise InputError(f"mesh_chain: rho must be a non-empty 1-D array, got shape {rho.shape}")
     if not np.all(np.isfinite(rho)) or np.any(rho <= 0) or abs(rho.sum() - 1.0) > 1e-6:
-        raise ValueError(f"mesh_chain: rho must be positive and sum to 1, got {rho.tolist()}")
+        raise InputError(f"mesh_chain: rho must be positive and sum to 1, got {rho.tolist()}")
+    for name, v in (("ltilde", ltilde), ("k_ref", k_ref), ("kappa", kappa), ("pin_fraction", pin_fraction)):
+        if not _is_number(v):
+            raise InputError(f"mesh_chain: {name}={v!r}: expected a real number, got {type(v).__name__}")
     for name, v, positive in (("ltilde", ltilde, True), ("k_ref", k_ref, True), ("kappa", kappa, False)):
         if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
-            raise ValueError(f"mesh_chain: {name} must be finite and {'> 0' if positive else '>= 0'}, got {v!r}")
+            raise InputError(f"mesh_chain: {name} must be finite and {'> 0' if positive else '>= 0'}, got {v!r}")
     if not math.isfinite(pin_fraction):
-        raise ValueError(f"mesh_chain: pin_fraction must be finite, got {pin_fraction!r}")
+        raise InputError(f"mesh_chain: pin_fraction must be finite, got {pin_fraction!r}")
     for name in ("n_blocks", "k", "kappa", "pin_position"):
         if name in fields:
-            raise ValueError(f"mesh_chain sets ChainParams.{name} itself; do not pass it")
+            raise InputError(f"mesh_chain sets ChainParams.{name} itself; do not pass it")
     L = rho.size
     k = k_ref / (L * ltilde * rho)
     y = float(fields.get("y", 1.0))

@@ -11,15 +11,15 @@ from springblock import observables as ob
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(mu_forward=-0.1), "mu_forward must be >= 0"),
+    (dict(mu_forward=-0.1), "mu_forward=-0.1: must be >= 0"),
     (dict(mu_backward=[0.1] * 6), "mu_backward must be a scalar or have 7 entries"),
-    (dict(eps=-1.0), "eps must be >= 0"),
-    (dict(n_blocks=0), "n_blocks must be an integer >= 1"),
+    (dict(eps=-1.0), "eps=-1.0: must be >= 0"),
+    (dict(n_blocks=0), "n_blocks=0: must be an integer >= 1"),
     (dict(eta=0.6), "unstable"),
-    (dict(k=0.0), "k must be > 0"),
-    (dict(noise_mode="pink"), "noise_mode must be one of"),
-    (dict(order=3), "order must be 1"),
-    (dict(y=float("nan")), "y must be finite"),
+    (dict(k=0.0), "k=0.0: must be > 0"),
+    (dict(noise_mode="pink"), "noise_mode='pink': must be one of"),
+    (dict(order=3), "order=3: must be the integer 1"),
+    (dict(y=float("nan")), "y=nan: must be finite"),
     (dict(order=2, eta=3.0), "unstable"),
     (dict(n_steps=0), "n_steps"),
 ])
