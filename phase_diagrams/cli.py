@@ -45,6 +45,7 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import sqlite3
 import sys
 import time
@@ -391,6 +392,12 @@ def main(argv=None) -> int:
     tb = args.verbose > 0 or os.environ.get("SPRINGBLOCK_TRACEBACK", "") not in ("", "0")
     try:
         return _main(args)
+    except KeyboardInterrupt as err:  # SIGINT / SIGTERM: a sweep has reaped its workers and released its claims
+        rep = getattr(err, "report", None)
+        cmd = shlex.join(["python", "-m", "phase_diagrams", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted: {rep.stored} of {rep.total} tasks stored in {rep.store}; resume with: {cmd}"
+              if rep is not None else f"interrupted; run again with: {cmd}", file=sys.stderr)
+        return 128 + getattr(err, "signum", 2)
     except Exception as err:  # noqa: BLE001 -- sorted into user errors and bugs right here
         code = _exit_code(err)
         if tb or code is None:
