@@ -508,8 +508,11 @@ def _main(args) -> int:
         from springblock import ChainParams
 
         presets = None if args.preset == "all" else (args.preset,)
-        table = jobs.simulate_job(args.out, presets, base=ChainParams(n_steps=args.steps), n_chains=args.chains,
-                                  seed=args.seed, mu_max=args.mu_max, ratio=args.ratio)
+        from springblock.errors import run_interruptible
+
+        # in a worker thread (the kernels release the GIL), so Ctrl-C stops a long simulation at once
+        table = run_interruptible(jobs.simulate_job, args.out, presets, base=ChainParams(n_steps=args.steps),
+                                  n_chains=args.chains, seed=args.seed, mu_max=args.mu_max, ratio=args.ratio)
         for preset, df in table.groupby("preset", sort=False):
             counts = df["regime"].value_counts().to_dict()
             print(f"{preset:>15}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

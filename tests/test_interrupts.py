@@ -193,3 +193,23 @@ def test_an_unreachable_scheduler_fails_fast_before_registering(tmp_path, capsys
                "--no-simulate", "--no-progress"])
     err = capsys.readouterr().err
     assert rc != 0 and err.strip().splitlines()[-1].startswith("error: dask scheduler tcp://127.0.0.1:1")
+
+
+def test_ctrl_c_stops_a_long_simulate_at_once(tmp_path):
+    # robustness case CC-12: `phase_diagrams simulate` used to exit only after its kernels finished
+    # (143 s after SIGINT). This run would take minutes; SIGINT after 4 s must end it within 15 s.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "phase_diagrams", "simulate", "--preset", "scale-both",
+                             "--chains", "2000", "--steps", "400000", "--out", str(tmp_path / "fig")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 15.0
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted")
