@@ -543,8 +543,9 @@ def test_j_01_diverged_run_writes_strict_json(tmp_path):
 # ============================================================================ Ctrl-C
 def _interrupt(argv, after, env_extra=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
+    # a child of a background shell (as CI may start us) inherits SIGINT ignored: restore the default
     p = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, cwd=ROOT)
+                         env=env, cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(after)
     assert p.poll() is None, "finished before the interrupt: make the run longer"
     t = time.perf_counter()

@@ -198,14 +198,9 @@ def test_an_unreachable_scheduler_fails_fast_before_registering(tmp_path, capsys
 def test_ctrl_c_stops_a_long_simulate_at_once(tmp_path):
     # robustness case CC-12: `phase_diagrams simulate` used to exit only after its kernels finished
     # (143 s after SIGINT). This run would take minutes; SIGINT after 4 s must end it within 15 s.
-    import signal
-    import subprocess
-    import sys
-    import time
-
     proc = subprocess.Popen([sys.executable, "-m", "phase_diagrams", "simulate", "--preset", "scale-both",
                              "--chains", "2000", "--steps", "400000", "--out", str(tmp_path / "fig")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     time.sleep(4.0)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
