@@ -209,7 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", default=None, help="--curve: probe epochs, comma-separated")
     f.add_argument("--json", action="store_true", help="--curve: print a JSON record")
     f.add_argument("--sweep", default=None)
-    f.add_argument("--out", default="figures", help="figure directory (default figures/)")
+    f.add_argument("--out", default=None,
+                   help="figure directory (default figures/; with --curve: no figure unless given)")
     f.add_argument("--target", default=None, choices=("final", "trajectory"),
                    help="fit the final curve (default for --store; --curve: trajectory when epochs are known) "
                         "or the probe trajectory (adds lam and tau)")
@@ -366,7 +367,8 @@ def _check(args) -> dict:
         _out_dir(args.out)
     if cmd == "export":
         if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".json", ".jsonl"):
-            raise InputError(f"--out {args.out!r}: unknown export format; end the name in .csv, .parquet or .json")
+            raise InputError(f"--out {args.out!r}: unknown export format; end the name in .csv, .parquet, .json "
+                             "or .jsonl")
         _out_file(args.out)
     if cmd == "compare" and args.csv:
         _out_file(args.csv, "--csv")
@@ -389,6 +391,8 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error, already printed in one line (2)
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.command == "fit" and args.curve is None and args.out is None:
+        args.out = "figures"
     tb = args.verbose > 0 or os.environ.get("SPRINGBLOCK_TRACEBACK", "") not in ("", "0")
     try:
         return _main(args)

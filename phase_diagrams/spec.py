@@ -426,7 +426,9 @@ def _check_type(where: str, value, expected):
 def _unknown(where: str, keys, allowed):
     bad = sorted(set(keys) - set(allowed))
     if bad:
-        raise SpecError(f"unknown key {where}{bad[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        renamed = {"simulator.pin": "pin_fraction"}.get(f"{where}{bad[0]}")
+        hint = f"; renamed to {renamed!r}" if renamed else ""
+        raise SpecError(f"unknown key {where}{bad[0]!r}{hint} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _train_value(where: str, name: str, value):

@@ -217,7 +217,7 @@ def test_fit_cells_handles_cells_of_different_depths():
     assert (fits["n_flags"] == [len([f for f in s.split("; ") if f]) for s in fits["flags"]]).all()
 
 
-def test_fit_curve_cli_reads_files_and_rejects_bad_ones(tmp_path, capsys):
+def test_fit_curve_cli_reads_files_and_rejects_bad_ones(tmp_path, capsys, monkeypatch):
     import json
 
     from phase_diagrams.cli import main
@@ -256,9 +256,11 @@ def test_fit_curve_cli_reads_files_and_rejects_bad_ones(tmp_path, capsys):
     rec = json.loads(capsys.readouterr().out)
     assert set(rec["identified"]) == {"mu_forward", "mu_backward", "eps"} and rec["r2"] > 0.99
     assert (tmp_path / "fig" / "c_fit.png").stat().st_size > 2000
+    monkeypatch.chdir(tmp_path)
     assert main(["fit", "--curve", str(tmp_path / "bare.json"), *quick]) == 0
     out = capsys.readouterr().out
     assert "identified" in out and "flags:" in out and "R²" in out
+    assert not (tmp_path / "figures").exists()  # --curve draws only where --out says
 
 
 # Coverage of the nominal 95 % intervals (SPEC §5.1): truths in the three regimes, measured with
