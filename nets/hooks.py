@@ -42,7 +42,6 @@ Execution
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from torch import nn
 
 from nets import probes
 from nets.history import History
-from springblock.errors import check_memory
+from springblock.errors import check_memory, finite_or_none
 
 __all__ = ["ACTIVATIONS", "MEMORY_ROUTE_BYTES", "LoadCurve", "load_curve", "LoadCurveRecorder"]
 
@@ -125,24 +124,9 @@ class LoadCurve:
     def to_dict(self) -> dict:
         """Strict-JSON dict (NaN and inf written as None): ``curve``, ``trace_ratio_curve``,
         ``layers``, ``summary``, ``n_features``, ``n_samples``, ``n_classes``, ``route``."""
-        return strict_json(dict(curve=self.curve.tolist(), trace_ratio_curve=self.trace_ratio_curve.tolist(),
+        return finite_or_none(dict(curve=self.curve.tolist(), trace_ratio_curve=self.trace_ratio_curve.tolist(),
                                 layers=list(self.layers), summary=self.summary, n_features=list(self.n_features),
                                 n_samples=int(self.n_samples), n_classes=int(self.n_classes), route=self.route))
-
-
-def strict_json(obj):
-    """``obj`` with every non-finite float replaced by None (for ``json.dumps(allow_nan=False)``)."""
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return strict_json(obj.tolist())
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------

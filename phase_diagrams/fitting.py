@@ -90,7 +90,7 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from springblock import ChainParams, simulate
-from springblock.errors import InputError, check_memory
+from springblock.errors import InputError, check_memory, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -216,22 +216,7 @@ class FitResult:
                    rms=self.rms, r2=self.r2, fitted=np.asarray(self.fitted).tolist(),
                    measured=np.asarray(self.measured).tolist(), target=self.target, n_evals=self.n_evals,
                    converged=self.converged, wall_s=self.wall_s, start=self.start, uncertainty=self.uncertainty)
-        return _finite(rec)
-
-
-def _finite(obj):
-    """Replace NaN / inf floats by None, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+        return finite_or_none(rec)
 
 
 # ------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import sys
 import threading
 import traceback
 
-__all__ = ["InputError", "ResourceError", "memory_budget", "check_memory", "strict_json", "OneLineParser",
-           "run_cli", "run_interruptible", "check_writable"]
+__all__ = ["InputError", "ResourceError", "memory_budget", "check_memory", "strict_json", "finite_or_none",
+           "OneLineParser", "run_cli", "run_interruptible", "check_writable"]
 
 
 class InputError(ValueError):
@@ -86,15 +86,17 @@ def _human(n: float) -> str:
 
 
 # ---------------------------------------------------------------------------- strict JSON
-def _finite_or_none(obj):
+def finite_or_none(obj):
+    """``obj`` with every NaN / ±inf float replaced by None, recursively through dicts, lists and
+    tuples; NumPy scalars and arrays become plain Python values (what :func:`strict_json` writes)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # NumPy scalars and arrays
-        return _finite_or_none(obj.tolist())
+        return finite_or_none(obj.tolist())
     return obj
 
 
@@ -103,7 +105,7 @@ def strict_json(obj, **kwargs) -> str:
     ``NaN``/``Infinity`` tokens strict parsers reject); NumPy values become plain ones."""
     import json
 
-    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 # ---------------------------------------------------------------------------- command lines
