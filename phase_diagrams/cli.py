@@ -51,20 +51,13 @@ import sys
 import time
 from pathlib import Path
 
-from springblock.errors import InputError
+from springblock.errors import InputError, OneLineParser
 
 __all__ = ["main"]
 
 #: Printed under the traceback of an exception that is not a user error.
 BUG_HINT = ("unexpected {name} (a bug in phase_diagrams); please report it with the command line "
             "and the traceback above")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the package's one-line error style: ``error: ...`` and exit 2."""
-
-    def error(self, message):
-        raise SystemExit(_say(f"{message} (see {self.prog} --help)", 2))
 
 
 def _say(msg, code: int) -> int:
@@ -157,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     from phase_diagrams.friction import FRICTION_PRESETS
     from phase_diagrams.runner import BACKENDS
 
-    ap = _Parser(prog="python -m phase_diagrams", description=__doc__.split("\n")[0],
+    ap = OneLineParser(prog="python -m phase_diagrams", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("-v", "--verbose", action="count", default=0)
     sub = ap.add_subparsers(dest="command", required=True)
